@@ -1,0 +1,206 @@
+//! Wiring: the data and admin servers, the manifest watcher, shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Admin;
+use crate::args::Args;
+use crate::chat::{self, Context};
+use crate::errors::ProxyError;
+use crate::metrics::Metrics;
+use crate::server::{self, Body, Handler, full};
+use crate::source;
+use crate::state::RoutingHandle;
+use crate::upstream::Upstreams;
+
+/// Why the process stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("task `{0}` stopped unexpectedly")]
+    TaskStopped(&'static str),
+}
+
+impl AppError {
+    /// 64 (EX_USAGE) for configuration errors, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) => 64,
+            _ => 1,
+        }
+    }
+}
+
+/// Sets up logging: JSON lines by default, `RUST_LOG` filters.
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "text" {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).with_current_span(false).init();
+    }
+}
+
+/// The data port's router.
+pub struct DataPlane {
+    pub chat: Arc<Context>,
+}
+
+impl Handler for DataPlane {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let request_id = request
+            .headers()
+            .get("x-request-id")
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        let (parts, body) = request.into_parts();
+        let result = match (&parts.method, parts.uri.path()) {
+            (&Method::POST, "/v1/chat/completions") => {
+                chat::handle(&self.chat, &parts.headers, body, &request_id).await
+            }
+            (&Method::GET, "/v1/models") => self.models(&request_id),
+            (_, "/v1/chat/completions" | "/v1/models") => Err(ProxyError::MethodNotAllowed),
+            (_, path) => Err(ProxyError::NotFound(path.to_owned())),
+        };
+        result.unwrap_or_else(|error| error.into_response(&request_id))
+    }
+}
+
+impl DataPlane {
+    /// The aliases, in OpenAI's model-list shape.
+    fn models(&self, request_id: &HeaderValue) -> Result<Response<Body>, ProxyError> {
+        let live = self.chat.routing.snapshot().ok_or(ProxyError::NotReady)?;
+        let data: Vec<_> = live
+            .snapshot
+            .table
+            .routes
+            .keys()
+            .map(|alias| json!({"id": alias, "object": "model", "created": 0, "owned_by": "switchyard"}))
+            .collect();
+        let body = json!({"object": "list", "data": data}).to_string();
+        let mut response = Response::new(full(body));
+        *response.status_mut() = StatusCode::OK;
+        let headers = response.headers_mut();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert("x-request-id", request_id.clone());
+        Ok(response)
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    let id: u128 = rand::random();
+    HeaderValue::try_from(format!("req_{id:032x}")).unwrap_or(HeaderValue::from_static("req_unknown"))
+}
+
+/// A started proxy: servers bound, table loaded, watcher running.
+pub struct Running {
+    pub data_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub routing: RoutingHandle,
+    pub metrics: Arc<Metrics>,
+    drain_timeout: Duration,
+    shutdown: CancellationToken,
+    data_task: JoinHandle<bool>,
+    admin_task: JoinHandle<bool>,
+    watch_task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds both ports, loads the manifests and starts serving.
+pub async fn start(args: Args) -> Result<Running, AppError> {
+    let Args { manifests, listen, admin_listen, drain_timeout, reload_interval, log_format: _ } = args;
+    if !manifests.is_dir() {
+        return Err(AppError::Config(format!(
+            "`--manifests {}` is not a directory: point it at a folder of ModelRoute/ProviderSecret YAML files",
+            manifests.display()
+        )));
+    }
+    let routing = RoutingHandle::default();
+    let metrics = Arc::new(Metrics::new());
+    let seen = source::fingerprint(&manifests);
+    source::load(&manifests, &routing, &metrics, true);
+
+    let data_listener = server::bind(listen, "--listen").await?;
+    let admin_listener = server::bind(admin_listen, "--admin-listen").await?;
+    let data_addr = data_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    tracing::info!(
+        listen = %data_addr, admin_listen = %admin_addr, manifests = %manifests.display(),
+        drain_timeout_ms = u64::try_from(drain_timeout.as_millis()).unwrap_or(u64::MAX),
+        "switchyard-proxy listening"
+    );
+
+    let shutdown = CancellationToken::new();
+    let data = Arc::new(DataPlane {
+        chat: Arc::new(Context { routing: routing.clone(), upstreams: Upstreams::new(), metrics: metrics.clone() }),
+    });
+    let admin = Arc::new(Admin { routing: routing.clone(), metrics: metrics.clone() });
+    let data_task = tokio::spawn(server::serve(data_listener, data, shutdown.clone(), drain_timeout));
+    let admin_task = tokio::spawn(server::serve(admin_listener, admin, shutdown.clone(), Duration::from_secs(1)));
+    let watch_task = tokio::spawn(source::watch(
+        manifests,
+        seen,
+        routing.clone(),
+        metrics.clone(),
+        reload_interval,
+        shutdown.clone(),
+    ));
+    Ok(Running { data_addr, admin_addr, routing, metrics, drain_timeout, shutdown, data_task, admin_task, watch_task })
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests up to the drain timeout,
+    /// and returns whether the drain completed.
+    pub async fn stop(self) -> bool {
+        tracing::info!(
+            drain_timeout_ms = u64::try_from(self.drain_timeout.as_millis()).unwrap_or(u64::MAX),
+            "shutting down: draining in-flight requests"
+        );
+        self.shutdown.cancel();
+        let drained = self.data_task.await.unwrap_or(false);
+        let _ = self.admin_task.await;
+        let _ = self.watch_task.await;
+        if drained {
+            tracing::info!("drain complete");
+        } else {
+            tracing::warn!("drain timeout reached: open requests were cut");
+        }
+        drained
+    }
+
+    /// Serves until SIGTERM or SIGINT (then drains), or until a task stops
+    /// on its own, which is an error: better restarted than limping.
+    pub async fn until_signalled(mut self) -> Result<(), AppError> {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let unexpected = tokio::select! {
+            _ = terminate.recv() => None,
+            _ = tokio::signal::ctrl_c() => None,
+            _ = &mut self.data_task => Some("data server"),
+            _ = &mut self.admin_task => Some("admin server"),
+            _ = &mut self.watch_task => Some("manifest watcher"),
+        };
+        if let Some(task) = unexpected {
+            self.shutdown.cancel();
+            return Err(AppError::TaskStopped(task));
+        }
+        self.stop().await;
+        Ok(())
+    }
+}
+
+/// Runs the proxy until SIGTERM/SIGINT, then drains.
+pub async fn run(args: Args) -> Result<(), AppError> {
+    start(args).await?.until_signalled().await
+}

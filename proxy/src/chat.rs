@@ -1,0 +1,708 @@
+//! `POST /v1/chat/completions`: pick, try, retry, fall back, stream.
+//!
+//! Rules (design §3):
+//! - one table snapshot per request; the plan (see [`crate::plan`]) is fixed up front;
+//! - a retryable failure (connect error, timeout, 408/409/429/5xx) is retried
+//!   on the same target with exponential backoff and jitter, or after the
+//!   provider's `Retry-After` when that fits the request budget; then the next
+//!   target, then the fallback aliases;
+//! - 400-class client errors (other than 408/409/429) end the request at once;
+//! - a stream commits to a target at its first content chunk; anything before
+//!   that may fail over invisibly; after it, a failure ends the stream with an
+//!   error event and never a `[DONE]`;
+//! - a client that goes away drops the response body, which drops the
+//!   upstream response and so closes the upstream connection.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use rand::Rng;
+use routing::table::{Provider, Route, Target};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::errors::{AttemptRecord, Class, ProxyError, UpstreamError};
+use crate::metrics::{FallbackLabels, Metrics, RequestLabels, RouteTargetLabels, TargetLabels, TokenLabels};
+use crate::plan::{self, Candidate, Steering};
+use crate::server::{Body, full};
+use crate::sse;
+use crate::state::{Live, RoutingHandle};
+use crate::upstream::{Call, Events, Reply, Upstreams};
+
+/// Largest request body accepted (images travel inline as base64).
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Longest `Retry-After` the proxy waits for before it prefers another target.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// What the chat handler needs from the process.
+pub struct Context {
+    pub routing: RoutingHandle,
+    pub upstreams: Upstreams,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Handles one chat completion request; errors go to the caller's rescue,
+/// after they were counted and logged here.
+pub async fn handle(
+    ctx: &Arc<Context>,
+    headers: &HeaderMap,
+    body: Incoming,
+    request_id: &HeaderValue,
+) -> Result<Response<Body>, ProxyError> {
+    let started = Instant::now();
+    let result = serve(ctx, headers, body, request_id, started).await;
+    if let Err(error) = &result {
+        record_failure(&ctx.metrics, request_id, started, error);
+    }
+    result
+}
+
+async fn serve(
+    ctx: &Arc<Context>,
+    headers: &HeaderMap,
+    body: Incoming,
+    request_id: &HeaderValue,
+    started: Instant,
+) -> Result<Response<Body>, ProxyError> {
+    let mut body = read_json(body).await?;
+    let alias = match body.get("model") {
+        Some(Value::String(model)) if !model.is_empty() => model.clone(),
+        _ => {
+            return Err(ProxyError::BadRequest {
+                message: "`model` is required: set it to one of the aliases listed by GET /v1/models".into(),
+                param: Some("model"),
+            });
+        }
+    };
+    if !matches!(body.get("messages"), Some(Value::Array(m)) if !m.is_empty()) {
+        return Err(ProxyError::BadRequest {
+            message: "`messages` must be a non-empty array of chat messages".into(),
+            param: Some("messages"),
+        });
+    }
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ProxyError::BadRequest {
+                message: "`stream` must be true or false".into(),
+                param: Some("stream"),
+            });
+        }
+    };
+    let live = ctx.routing.snapshot().ok_or(ProxyError::NotReady)?;
+    let route = live.snapshot.table.routes.get(&alias).ok_or_else(|| ProxyError::UnknownModel {
+        model: alias.clone(),
+        known: live.snapshot.table.routes.keys().cloned().collect(),
+    })?;
+    let client_wants_usage = stream
+        && body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool) == Some(true);
+    if stream {
+        // Always ask for the usage chunk so tokens and cost can be counted;
+        // it is stripped again below when the client did not ask for it.
+        let options = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(options) = options {
+            options.insert("include_usage".into(), Value::Bool(true));
+        }
+    }
+    let estimated_input = estimate_prompt_tokens(&body);
+    let sticky = plan::sticky_header_name(route).and_then(|h| headers.get(h)).and_then(|v| v.to_str().ok());
+    let plan = plan::plan(&live, route, Steering { sticky, estimated_tokens: estimated_input });
+    if plan.candidates.is_empty() {
+        return Err(ProxyError::NoCandidate { alias, skipped: plan.skipped });
+    }
+    let deadline = started + Duration::from_millis(route.timeouts.request_ms);
+    let request = Request { ctx, live: &live, body: &body, stream, request_id, deadline };
+    let mut attempts = Vec::new();
+    let mut skipped = plan.skipped.clone();
+    let mut last_error = None;
+    for candidate in &plan.candidates {
+        let outcome = request.try_candidate(candidate, &mut attempts, &mut skipped).await;
+        let error = match outcome {
+            Ok(answer) => {
+                let served = Served {
+                    ctx: ctx.clone(),
+                    live: live.clone(),
+                    alias: route.alias.clone(),
+                    route: candidate.route.alias.clone(),
+                    target: candidate.target.name.clone(),
+                    provider: candidate.target.provider.clone(),
+                    first_choice: plan.candidates[0].target.name.clone(),
+                    fallback: candidate.fallback,
+                    attempts: attempts.len(),
+                    request_id: request_id.clone(),
+                    started,
+                    estimated_input,
+                };
+                return Ok(served.respond(answer, client_wants_usage, deadline));
+            }
+            Err(error) => error,
+        };
+        if let UpstreamError::Status { status, body, .. } = &error
+            && error.class() == Class::Final
+        {
+            return Err(ProxyError::Rejected { alias, status: *status, body: body.clone(), attempts });
+        }
+        if Instant::now() >= deadline {
+            let limit = Duration::from_millis(route.timeouts.request_ms);
+            return Err(ProxyError::Deadline { alias, limit, attempts });
+        }
+        last_error = Some(error);
+    }
+    Err(match last_error {
+        Some(last) => ProxyError::Exhausted { alias, attempts, last: Box::new(last), skipped },
+        None => ProxyError::NoCandidate { alias, skipped },
+    })
+}
+
+/// Counts and logs a request that ended in an error. Requests rejected before
+/// an alias was resolved are counted with empty labels, so that arbitrary
+/// client input never becomes a metric label.
+fn record_failure(metrics: &Metrics, request_id: &HeaderValue, started: Instant, error: &ProxyError) {
+    let attempts = error.attempts();
+    let last = attempts.last();
+    let alias = error.alias().unwrap_or_default();
+    let status = error.status().as_u16();
+    let duration = started.elapsed();
+    let target = last.map_or("", |a| a.target.as_str());
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: alias.to_owned(),
+            target: target.to_owned(),
+            provider: last.map_or("", |a| a.provider.as_str()).to_owned(),
+            code: format!("{}xx", status / 100),
+        })
+        .inc();
+    if !alias.is_empty() {
+        let labels = RouteTargetLabels { route: alias.to_owned(), target: target.to_owned() };
+        metrics.duration.get_or_create(&labels).observe(duration.as_secs_f64());
+    }
+    tracing::info!(
+        target: "switchyard::access",
+        request_id = request_id.to_str().unwrap_or_default(),
+        route = alias,
+        target_name = last.map_or("", |a| a.target.as_str()),
+        provider = last.map_or("", |a| a.provider.as_str()),
+        status,
+        attempts = attempts.len(),
+        duration_ms = duration.as_secs_f64() * 1_000.0,
+        error = %error.message(),
+        "request failed"
+    );
+}
+
+/// Reads and parses the body, with errors a client can act on.
+async fn read_json(body: Incoming) -> Result<Map<String, Value>, ProxyError> {
+    let bytes = http_body_util::Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| ProxyError::BadRequest {
+            message: if e.is::<http_body_util::LengthLimitError>() {
+                format!("the request body is larger than {MAX_BODY_BYTES} bytes")
+            } else {
+                format!("cannot read the request body: {e}")
+            },
+            param: None,
+        })?
+        .to_bytes();
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ProxyError::BadRequest { message: "the request body must be a JSON object".into(), param: None }),
+        Err(e) => {
+            Err(ProxyError::BadRequest { message: format!("the request body is not valid JSON: {e}"), param: None })
+        }
+    }
+}
+
+/// About four characters a token: a cheap pre-flight estimate for the
+/// context-window check (provider usage is authoritative afterwards).
+fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
+    let chars: usize = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(|messages| {
+            messages
+                .iter()
+                .map(|m| match m.get("content") {
+                    Some(Value::String(s)) => s.len(),
+                    Some(other) => other.to_string().len(),
+                    None => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    (chars as u64).div_ceil(4)
+}
+
+/// One request's fixed inputs.
+struct Request<'a> {
+    ctx: &'a Arc<Context>,
+    live: &'a Arc<Live>,
+    body: &'a Map<String, Value>,
+    stream: bool,
+    request_id: &'a HeaderValue,
+    deadline: Instant,
+}
+
+/// A successful attempt's answer.
+enum Answer {
+    Json(Bytes),
+    /// Events already read (up to and including the first content chunk) and the rest.
+    Stream {
+        read: Vec<sse::Event>,
+        rest: Events,
+    },
+}
+
+impl Request<'_> {
+    /// All attempts (first try plus retries) at one candidate.
+    async fn try_candidate(
+        &self,
+        candidate: &Candidate<'_>,
+        attempts: &mut Vec<AttemptRecord>,
+        skipped: &mut Vec<String>,
+    ) -> Result<Answer, UpstreamError> {
+        let Candidate { route, target, .. } = *candidate;
+        let name = format!("`{}/{}`", route.alias, target.name);
+        let (Some(provider), Some(stats)) = (
+            self.live.snapshot.table.providers.get(&target.provider),
+            self.live.target_stats(&route.alias, &target.name),
+        ) else {
+            skipped.push(format!("{name}: not in the table"));
+            return Err(UpstreamError::Protocol("target is not in the table".into()));
+        };
+        let api_key = self.live.snapshot.credentials.get(&target.provider);
+        let metrics = &self.ctx.metrics;
+        let rt_labels = RouteTargetLabels { route: route.alias.clone(), target: target.name.clone() };
+        let mut retry = 0;
+        loop {
+            if !stats.try_probe(route.circuit_breaker.open_for_ms) {
+                skipped.push(format!("{name}: circuit open"));
+                return Err(UpstreamError::Protocol("circuit open".into()));
+            }
+            let provider_stats = self.live.provider_stats(&target.provider);
+            if let Some(Err(limit)) = provider_stats.map(|p| p.try_acquire()) {
+                skipped.push(format!("{name}: provider limit `{limit}` reached"));
+                return Err(UpstreamError::Protocol(format!("provider limit `{limit}` reached")));
+            }
+            let in_flight = metrics.in_flight.get_or_create(&TargetLabels { target: target.name.clone() }).clone();
+            in_flight.inc();
+            stats.in_flight.fetch_add(1, Ordering::Relaxed);
+            let attempt_started = Instant::now();
+            let result = self.attempt(provider, api_key, target, route).await;
+            stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            in_flight.dec();
+            if let Some(p) = provider_stats {
+                p.release();
+            }
+            let error = match result {
+                Ok(answer) => {
+                    stats.record_success(u64::try_from(attempt_started.elapsed().as_micros()).unwrap_or(u64::MAX));
+                    metrics.circuit_state.get_or_create(&TargetLabels { target: target.name.clone() }).set(0);
+                    attempts.push(self.record(route, target, "ok".into()));
+                    return Ok(answer);
+                }
+                Err(error) => error,
+            };
+            attempts.push(self.record(route, target, format!("{}: {error}", error.label())));
+            let class = error.class();
+            if class != Class::Final
+                && stats.record_failure(route.circuit_breaker.consecutive_failures, route.circuit_breaker.open_for_ms)
+            {
+                tracing::warn!(route = %route.alias, target = %target.name, "circuit opened after consecutive failures");
+                metrics.circuit_state.get_or_create(&TargetLabels { target: target.name.clone() }).set(1);
+            }
+            if class != Class::Retry || retry >= route.retry.attempts {
+                return Err(error);
+            }
+            let remaining = self.deadline.saturating_duration_since(Instant::now());
+            let delay = match error.retry_after() {
+                Some(wait) if wait <= MAX_RETRY_AFTER && wait < remaining => wait,
+                // The provider wants a longer pause than this request can
+                // afford: better try another target now.
+                Some(_) => return Err(error),
+                None => backoff(route, retry),
+            };
+            if delay >= remaining {
+                return Err(error);
+            }
+            metrics.retries.get_or_create(&rt_labels).inc();
+            tokio::time::sleep(delay).await;
+            retry += 1;
+        }
+    }
+
+    fn record(&self, route: &Route, target: &Target, outcome: String) -> AttemptRecord {
+        AttemptRecord {
+            route: route.alias.clone(),
+            target: target.name.clone(),
+            provider: target.provider.clone(),
+            outcome,
+        }
+    }
+
+    /// One attempt, bounded by the attempt, first-token and request timeouts.
+    async fn attempt(
+        &self,
+        provider: &Provider,
+        api_key: Option<&routing::Redacted>,
+        target: &Target,
+        route: &Route,
+    ) -> Result<Answer, UpstreamError> {
+        let call =
+            Call { provider, api_key, target, body: self.body, stream: self.stream, request_id: self.request_id };
+        let timeouts = &route.timeouts;
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let attempt_limit = Duration::from_millis(timeouts.attempt_ms).min(remaining);
+        if !self.stream {
+            return match tokio::time::timeout(attempt_limit, self.ctx.upstreams.send(call)).await {
+                Err(_) => Err(UpstreamError::Timeout("waiting for the response")),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(Reply::Json(body))) => Ok(Answer::Json(body)),
+                Ok(Ok(Reply::Stream(_))) => Err(UpstreamError::Protocol("a stream where JSON was expected".into())),
+            };
+        }
+        let first_token = Duration::from_millis(timeouts.first_token_ms).min(attempt_limit);
+        let until_first = async {
+            let mut events = match self.ctx.upstreams.send(call).await? {
+                Reply::Stream(events) => events,
+                Reply::Json(_) => return Err(UpstreamError::Protocol("JSON where a stream was expected".into())),
+            };
+            let mut read = Vec::new();
+            loop {
+                let event = match events.next().await {
+                    None => return Err(UpstreamError::StreamBroken("the stream ended before any content".into())),
+                    Some(event) => event?,
+                };
+                let kind = classify(&event.data);
+                match kind {
+                    Chunk::Error(message) => return Err(UpstreamError::StreamError(message)),
+                    Chunk::Done => {
+                        return Err(UpstreamError::StreamBroken("the stream ended before any content".into()));
+                    }
+                    Chunk::Content => {
+                        read.push(event);
+                        return Ok(Answer::Stream { read, rest: events });
+                    }
+                    Chunk::Preamble => read.push(event),
+                }
+            }
+        };
+        match tokio::time::timeout(first_token, until_first).await {
+            Err(_) => Err(UpstreamError::Timeout("waiting for the first token")),
+            Ok(result) => result,
+        }
+    }
+}
+
+/// Exponential backoff with jitter: `backoff × 2^retry`, capped, then a
+/// random point in its upper half.
+fn backoff(route: &Route, retry: u32) -> Duration {
+    let base = route.retry.backoff_ms.saturating_mul(1 << retry.min(20)).min(route.retry.max_backoff_ms);
+    let jittered = if base > 1 { rand::rng().random_range(base / 2..=base) } else { base };
+    Duration::from_millis(jittered)
+}
+
+/// What a stream event means for the request.
+#[derive(Debug, PartialEq)]
+enum Chunk {
+    /// Nothing a user sees yet (the role chunk, an empty delta, a comment).
+    Preamble,
+    /// Content, a tool call, a finish reason or usage: the stream is committed.
+    Content,
+    Done,
+    Error(String),
+}
+
+#[derive(Deserialize)]
+struct ChunkView {
+    #[serde(default)]
+    choices: Vec<ChoiceView>,
+    error: Option<Value>,
+    usage: Option<UsageView>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceView {
+    delta: Option<DeltaView>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DeltaView {
+    content: Option<String>,
+    tool_calls: Option<Value>,
+    refusal: Option<String>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+struct UsageView {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+fn classify(data: &str) -> Chunk {
+    if data == "[DONE]" {
+        return Chunk::Done;
+    }
+    let Ok(view) = serde_json::from_str::<ChunkView>(data) else { return Chunk::Preamble };
+    if let Some(error) = view.error {
+        let message = error.get("message").and_then(Value::as_str).unwrap_or("unknown error").to_owned();
+        return Chunk::Error(message);
+    }
+    let content = view.choices.iter().any(|c| {
+        c.finish_reason.is_some()
+            || c.delta.as_ref().is_some_and(|d| {
+                d.content.as_deref().is_some_and(|s| !s.is_empty())
+                    || d.tool_calls.is_some()
+                    || d.refusal.as_deref().is_some_and(|s| !s.is_empty())
+            })
+    });
+    if content || view.usage.is_some() { Chunk::Content } else { Chunk::Preamble }
+}
+
+/// The request's outcome once a target answered.
+struct Served {
+    ctx: Arc<Context>,
+    /// Kept so the table (and so the counters) the request started with stays alive.
+    live: Arc<Live>,
+    alias: String,
+    route: String,
+    target: String,
+    provider: String,
+    first_choice: String,
+    fallback: bool,
+    attempts: usize,
+    request_id: HeaderValue,
+    started: Instant,
+    estimated_input: u64,
+}
+
+impl Served {
+    fn respond(self, answer: Answer, client_wants_usage: bool, deadline: Instant) -> Response<Body> {
+        let mut builder = Response::builder()
+            .status(StatusCode::OK)
+            .header("x-request-id", self.request_id.clone())
+            .header("x-switchyard-route", self.route.as_str())
+            .header("x-switchyard-target", self.target.as_str())
+            .header("x-switchyard-attempts", self.attempts);
+        match answer {
+            Answer::Json(bytes) => {
+                let usage = serde_json::from_slice::<ChunkView>(&bytes).ok().and_then(|v| v.usage);
+                let elapsed = self.started.elapsed();
+                self.finish(Outcome::Ok, usage, 0, Some(elapsed));
+                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+                builder.body(full(bytes)).unwrap_or_else(|_| Response::new(full(Bytes::new())))
+            }
+            Answer::Stream { read, rest } => {
+                let ttft = self.started.elapsed();
+                let mut pump = Pump {
+                    served: Some(self),
+                    pending: VecDeque::new(),
+                    rest,
+                    idle: Duration::ZERO,
+                    deadline,
+                    strip_usage: !client_wants_usage,
+                    usage: None,
+                    output_chars: 0,
+                    ttft,
+                    ended: false,
+                };
+                pump.idle = pump.served.as_ref().map_or(Duration::from_secs(30), |s| s.idle_timeout());
+                for event in read {
+                    pump.accept(event);
+                }
+                let body = StreamBody::new(stream::unfold(pump, |mut pump| async move {
+                    pump.next_frame().await.map(|frame| (Ok(Frame::data(frame)), pump))
+                }));
+                builder = builder
+                    .header(http::header::CONTENT_TYPE, "text/event-stream")
+                    .header(http::header::CACHE_CONTROL, "no-cache")
+                    .header("x-accel-buffering", "no");
+                builder.body(body.boxed_unsync()).unwrap_or_else(|_| Response::new(full(Bytes::new())))
+            }
+        }
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        let ms = self.live.snapshot.table.routes.get(&self.route).map_or(30_000, |r| r.timeouts.idle_ms);
+        Duration::from_millis(ms)
+    }
+
+    /// Counts and logs the request; called exactly once.
+    fn finish(self, outcome: Outcome, usage: Option<UsageView>, output_chars: u64, ttft: Option<Duration>) {
+        let duration = self.started.elapsed();
+        let metrics = &self.ctx.metrics;
+        let (tokens_in, tokens_out, estimated) = match usage {
+            Some(u) => (u.prompt_tokens, u.completion_tokens, false),
+            None => (self.estimated_input, output_chars.div_ceil(4), true),
+        };
+        let code = match outcome {
+            Outcome::Ok => "2xx",
+            Outcome::StreamFailed(_) => "5xx",
+            Outcome::ClientClosed => "499",
+        };
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: self.alias.clone(),
+                target: self.target.clone(),
+                provider: self.provider.clone(),
+                code: code.to_owned(),
+            })
+            .inc();
+        let rt = RouteTargetLabels { route: self.alias.clone(), target: self.target.clone() };
+        metrics.duration.get_or_create(&rt).observe(duration.as_secs_f64());
+        if let Some(ttft) = ttft {
+            metrics.ttft.get_or_create(&rt).observe(ttft.as_secs_f64());
+        }
+        for (direction, count) in [("input", tokens_in), ("output", tokens_out)] {
+            metrics
+                .tokens
+                .get_or_create(&TokenLabels {
+                    route: self.alias.clone(),
+                    target: self.target.clone(),
+                    direction: direction.to_owned(),
+                })
+                .inc_by(count);
+        }
+        if self.fallback || self.first_choice != self.target {
+            metrics
+                .fallbacks
+                .get_or_create(&FallbackLabels {
+                    route: self.alias.clone(),
+                    from: self.first_choice.clone(),
+                    to: self.target.clone(),
+                })
+                .inc();
+        }
+        let error = match &outcome {
+            Outcome::StreamFailed(message) => message.as_str(),
+            _ => "",
+        };
+        tracing::info!(
+            target: "switchyard::access",
+            request_id = self.request_id.to_str().unwrap_or_default(),
+            route = %self.alias,
+            served_by = %self.route,
+            target_name = %self.target,
+            provider = %self.provider,
+            status = 200,
+            outcome = code,
+            attempts = self.attempts,
+            fallback = self.fallback,
+            tokens_in,
+            tokens_out,
+            tokens_estimated = estimated,
+            duration_ms = duration.as_secs_f64() * 1_000.0,
+            ttft_ms = ttft.map(|t| t.as_secs_f64() * 1_000.0),
+            error,
+            "request served"
+        );
+    }
+}
+
+enum Outcome {
+    Ok,
+    StreamFailed(String),
+    ClientClosed,
+}
+
+/// Moves events from the committed upstream to the client.
+struct Pump {
+    served: Option<Served>,
+    pending: VecDeque<Bytes>,
+    rest: Events,
+    idle: Duration,
+    deadline: Instant,
+    strip_usage: bool,
+    usage: Option<UsageView>,
+    output_chars: u64,
+    ttft: Duration,
+    ended: bool,
+}
+
+impl Pump {
+    /// Queues one upstream event for the client (or drops it).
+    fn accept(&mut self, event: sse::Event) {
+        if event.data != "[DONE]"
+            && let Ok(view) = serde_json::from_str::<ChunkView>(&event.data)
+        {
+            for choice in &view.choices {
+                if let Some(text) = choice.delta.as_ref().and_then(|d| d.content.as_deref()) {
+                    self.output_chars += text.len() as u64;
+                }
+            }
+            if view.usage.is_some() {
+                self.usage = view.usage;
+                if self.strip_usage && view.choices.is_empty() {
+                    return;
+                }
+            }
+        }
+        self.pending.push_back(Bytes::from(format!("data: {}\n\n", event.data)));
+    }
+
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(bytes) = self.pending.pop_front() {
+                return Some(bytes);
+            }
+            if self.ended {
+                return None;
+            }
+            let remaining = self.deadline.saturating_duration_since(Instant::now());
+            let wait = self.idle.min(remaining);
+            let failure = match tokio::time::timeout(wait, self.rest.next()).await {
+                Ok(Some(Ok(event))) => match classify(&event.data) {
+                    Chunk::Error(message) => format!("the upstream reported an error mid-stream: {message}"),
+                    Chunk::Done => {
+                        self.accept(event);
+                        self.end(Outcome::Ok);
+                        continue;
+                    }
+                    _ => {
+                        self.accept(event);
+                        continue;
+                    }
+                },
+                Ok(Some(Err(error))) => format!("the upstream stream broke: {error}"),
+                Ok(None) => "the upstream closed the stream before it finished".to_owned(),
+                Err(_) if wait < self.idle => "the request timeout ran out mid-stream".to_owned(),
+                Err(_) => format!("the upstream sent nothing for {} ms (idle timeout)", self.idle.as_millis()),
+            };
+            let body = serde_json::json!({"error": {
+                "message": failure, "type": "upstream_error", "param": null, "code": "stream_interrupted"}});
+            self.pending.push_back(Bytes::from(format!("data: {body}\n\n")));
+            self.end(Outcome::StreamFailed(failure));
+        }
+    }
+
+    fn end(&mut self, outcome: Outcome) {
+        self.ended = true;
+        if let Some(served) = self.served.take() {
+            served.finish(outcome, self.usage, self.output_chars, Some(self.ttft));
+        }
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        // Dropped before the end: the client went away. Dropping `rest`
+        // (right after this) closes the upstream connection.
+        if let Some(served) = self.served.take() {
+            served.finish(Outcome::ClientClosed, self.usage, self.output_chars, Some(self.ttft));
+        }
+    }
+}

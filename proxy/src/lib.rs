@@ -1,0 +1,26 @@
+//! Switchyard's data plane.
+//!
+//! Serves the OpenAI-compatible API (`/v1/chat/completions`, `/v1/models`)
+//! from a routing table that is swapped atomically while requests are in
+//! flight. Each request takes one snapshot of the table and makes every
+//! decision (target, retries, fallbacks) against it. Where tables come from is
+//! the job of [`source`]; this crate never talks to the Kubernetes API.
+//!
+//! Behaviour that spans modules is described in `docs/request-path.md`.
+
+pub mod admin;
+pub mod app;
+pub mod args;
+pub mod chat;
+pub mod errors;
+pub mod metrics;
+pub mod mock;
+pub mod plan;
+pub mod server;
+pub mod source;
+pub mod sse;
+pub mod state;
+pub mod upstream;
+
+#[cfg(feature = "testing")]
+pub mod testing;

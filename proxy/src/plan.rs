@@ -1,0 +1,170 @@
+//! Which targets a request tries, in which order.
+//!
+//! The plan is built once per request from one table snapshot: the route's
+//! canary (if this request falls in its share), then the route's targets in
+//! strategy order, then each fallback alias's targets. Targets that are
+//! drained (weight 0), whose circuit is open, or whose context window is too
+//! small for the request are left out, with the reason kept for the error
+//! message in case nothing is left.
+
+use rand::Rng;
+use routing::table::{FULL_SHARE, Route, Strategy, Target};
+
+use crate::state::{Circuit, Live};
+
+/// One target the request may be sent to.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    /// The route the target belongs to (the requested one or a fallback).
+    pub route: &'a Route,
+    pub target: &'a Target,
+    /// Reached through `spec.fallbacks`.
+    pub fallback: bool,
+    pub canary: bool,
+}
+
+/// Inputs that steer the choice.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Steering<'r> {
+    /// Value of the route's sticky header, when the request carries it.
+    pub sticky: Option<&'r str>,
+    /// Estimated prompt tokens, checked against `contextWindow`.
+    pub estimated_tokens: u64,
+}
+
+/// The ordered candidates, and why others were left out.
+#[derive(Debug, Default)]
+pub struct Plan<'a> {
+    pub candidates: Vec<Candidate<'a>>,
+    pub skipped: Vec<String>,
+}
+
+/// Builds the plan for `route`. Deterministic for a given sticky value and
+/// table state; otherwise random by weight and canary share.
+pub fn plan<'a>(live: &'a Live, route: &'a Route, steering: Steering<'_>) -> Plan<'a> {
+    let (canary_bucket, weight_seed) = match steering.sticky.filter(|_| sticky_header(route).is_some()) {
+        Some(value) => {
+            let h = fnv1a(value.as_bytes());
+            (u32::try_from(h % u64::from(FULL_SHARE)).unwrap_or(0), h >> 32)
+        }
+        None => {
+            let mut rng = rand::rng();
+            (rng.random_range(0..FULL_SHARE), rng.random())
+        }
+    };
+    let mut plan = Plan::default();
+    add_route(&mut plan, live, route, false, canary_bucket, weight_seed, steering.estimated_tokens);
+    for alias in &route.fallbacks {
+        if let Some(fallback) = live.snapshot.table.routes.get(alias) {
+            add_route(&mut plan, live, fallback, true, canary_bucket, weight_seed, steering.estimated_tokens);
+        }
+    }
+    plan
+}
+
+fn sticky_header(route: &Route) -> Option<&str> {
+    route.canary.as_ref().and_then(|c| c.sticky_header.as_deref())
+}
+
+/// The header whose value pins a caller, if the route has one.
+pub fn sticky_header_name(route: &Route) -> Option<&str> {
+    sticky_header(route)
+}
+
+fn add_route<'a>(
+    plan: &mut Plan<'a>,
+    live: &'a Live,
+    route: &'a Route,
+    fallback: bool,
+    canary_bucket: u32,
+    weight_seed: u64,
+    estimated_tokens: u64,
+) {
+    let push = |plan: &mut Plan<'a>, target: &'a Target, canary: bool| {
+        if let Some(reason) = unusable(live, route, target, estimated_tokens) {
+            plan.skipped.push(format!("`{}/{}`: {reason}", route.alias, target.name));
+        } else {
+            plan.candidates.push(Candidate { route, target, fallback, canary });
+        }
+    };
+    if let Some(canary) = &route.canary
+        && canary_bucket < canary.share
+    {
+        push(plan, &canary.target, true);
+    }
+    for target in ordered(live, route, weight_seed) {
+        push(plan, target, false);
+    }
+}
+
+fn unusable(live: &Live, route: &Route, target: &Target, estimated_tokens: u64) -> Option<String> {
+    if let Some(window) = target.context_window
+        && estimated_tokens > window
+    {
+        return Some(format!("request of about {estimated_tokens} tokens exceeds its context window of {window}"));
+    }
+    let stats = live.target_stats(&route.alias, &target.name)?;
+    (stats.circuit() == Circuit::Open).then(|| "circuit open after consecutive failures".to_owned())
+}
+
+/// The route's targets with weight > 0, best first for its strategy.
+fn ordered<'a>(live: &'a Live, route: &'a Route, weight_seed: u64) -> Vec<&'a Target> {
+    let mut targets: Vec<&Target> = route.targets.iter().filter(|t| t.weight > 0).collect();
+    match route.strategy {
+        Strategy::Weighted => {
+            let total: u64 = targets.iter().map(|t| u64::from(t.weight)).sum();
+            if total > 0 {
+                let mut pick = weight_seed % total;
+                let first = targets
+                    .iter()
+                    .position(|t| {
+                        let w = u64::from(t.weight);
+                        if pick < w {
+                            true
+                        } else {
+                            pick -= w;
+                            false
+                        }
+                    })
+                    .unwrap_or(0);
+                let chosen = targets.remove(first);
+                targets.sort_by_key(|t| std::cmp::Reverse(t.weight));
+                targets.insert(0, chosen);
+            }
+        }
+        Strategy::Cost => {
+            targets.sort_by(|a, b| price_of(a).total_cmp(&price_of(b)).then_with(|| b.weight.cmp(&a.weight)))
+        }
+        Strategy::Latency => {
+            targets.sort_by_key(|t| live.target_stats(&route.alias, &t.name).map_or(0, |s| s.latency_us()));
+        }
+        Strategy::LeastBusy => targets.sort_by_key(|t| {
+            live.target_stats(&route.alias, &t.name)
+                .map_or(0, |s| s.in_flight.load(std::sync::atomic::Ordering::Relaxed))
+        }),
+    }
+    targets
+}
+
+/// Input plus output price per million tokens; unknown prices sort last.
+fn price_of(target: &Target) -> f64 {
+    target.price.as_ref().map_or(f64::INFINITY, |p| {
+        p.input_per_million.parse::<f64>().unwrap_or(f64::INFINITY)
+            + p.output_per_million.parse::<f64>().unwrap_or(f64::INFINITY)
+    })
+}
+
+/// FNV-1a with a splitmix64 finaliser: a stable, well-mixed hash, so sticky
+/// assignment survives restarts and is the same on every proxy replica.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
+}

@@ -1,0 +1,207 @@
+//! Sending one attempt to one provider and reading its answer.
+//!
+//! For this version the HTTP providers are `openai` and `openai-compatible`
+//! (same wire format); `mock` is served in process by [`crate::mock`]. The
+//! request body is the client's JSON with `model` replaced by the target's
+//! upstream model.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use routing::Redacted;
+use routing::table::{Provider, ProviderKind, Target};
+use serde_json::{Map, Value};
+
+use crate::errors::UpstreamError;
+use crate::mock::MockStream;
+use crate::sse;
+
+/// One attempt's request.
+pub struct Call<'a> {
+    pub provider: &'a Provider,
+    pub api_key: Option<&'a Redacted>,
+    pub target: &'a Target,
+    /// The client's request body (a JSON object).
+    pub body: &'a Map<String, Value>,
+    pub stream: bool,
+    pub request_id: &'a HeaderValue,
+}
+
+/// A successful answer's head: a whole JSON body, or events still to come.
+pub enum Reply {
+    Json(Bytes),
+    Stream(Events),
+}
+
+/// The HTTP client shared by all attempts (connection pooling per origin).
+#[derive(Clone)]
+pub struct Upstreams {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Upstreams {
+    pub fn new() -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(https);
+        Self { client }
+    }
+
+    /// Sends the attempt. Returns once the response head (and, for
+    /// non-streaming calls, the whole body) has arrived. Timeouts are the
+    /// caller's: dropping the future cancels the upstream request.
+    pub async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
+        match call.provider.kind {
+            ProviderKind::Mock => crate::mock::answer(&call).await,
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible => self.send_openai(&call).await,
+            other => Err(UpstreamError::Unsupported(other.as_str())),
+        }
+    }
+
+    async fn send_openai(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
+        let body = openai_body(call);
+        let url = format!("{}/chat/completions", call.provider.base_url);
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(&url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+            .header("x-request-id", call.request_id)
+            .header(http::header::ACCEPT, if call.stream { "text/event-stream" } else { "application/json" });
+        for (name, value) in &call.provider.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        if let Some(key) = call.api_key {
+            let value = HeaderValue::try_from(format!("Bearer {}", key.expose())).map_err(|_| {
+                UpstreamError::Protocol("the API key contains characters not allowed in a header".into())
+            })?;
+            request = request.header(http::header::AUTHORIZATION, value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| UpstreamError::Protocol(format!("cannot build a request to `{url}`: {e}")))?;
+        let response =
+            self.client.request(request).await.map_err(|e| UpstreamError::Connect(describe_client_error(&e)))?;
+        let (parts, incoming) = response.into_parts();
+        if !parts.status.is_success() {
+            let body = incoming.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Err(UpstreamError::Status {
+                status: parts.status.as_u16(),
+                body: scrub(body, call.api_key),
+                retry_after: retry_after(&parts.headers),
+                should_retry: parts
+                    .headers
+                    .get("x-should-retry")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.eq_ignore_ascii_case("true")),
+            });
+        }
+        if call.stream {
+            Ok(Reply::Stream(Events::http(incoming)))
+        } else {
+            let body =
+                incoming.collect().await.map_err(|e| UpstreamError::StreamBroken(format!("reading the body: {e}")))?;
+            Ok(Reply::Json(body.to_bytes()))
+        }
+    }
+}
+
+/// The client's body for an OpenAI-shaped upstream.
+fn openai_body(call: &Call<'_>) -> Vec<u8> {
+    let mut body = call.body.clone();
+    body.insert("model".into(), Value::String(call.target.model.clone()));
+    if call.provider.kind == ProviderKind::Openai
+        && !body.contains_key("max_completion_tokens")
+        && let Some(max) = body.remove("max_tokens")
+    {
+        // OpenAI deprecated `max_tokens`; reasoning models reject it.
+        body.insert("max_completion_tokens".into(), max);
+    }
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// Removes the API key from an upstream error body before it can reach a
+/// client or a log (some providers echo a part of it, some all of it).
+fn scrub(body: Bytes, key: Option<&Redacted>) -> Bytes {
+    let Some(key) = key.map(Redacted::expose).filter(|k| k.len() >= 4) else { return body };
+    let text = String::from_utf8_lossy(&body);
+    if text.contains(key) { Bytes::from(text.replace(key, "*****")) } else { body }
+}
+
+fn describe_client_error(error: &hyper_util::client::legacy::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// `retry-after-ms`, then `retry-after` in (possibly fractional) seconds.
+/// An HTTP-date `retry-after` is treated as absent; the backoff applies.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let read = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok();
+    if let Some(ms) = read("retry-after-ms").filter(|v| v.is_finite() && *v >= 0.0) {
+        return Some(Duration::from_secs_f64(ms / 1_000.0));
+    }
+    read("retry-after").filter(|v| v.is_finite() && *v >= 0.0).map(Duration::from_secs_f64)
+}
+
+/// The events of a streamed answer, from the network or the mock.
+pub enum Events {
+    Http { body: Incoming, parser: sse::Parser },
+    Mock(MockStream),
+}
+
+impl Events {
+    fn http(body: Incoming) -> Self {
+        Self::Http { body, parser: sse::Parser::default() }
+    }
+
+    /// The next event; `None` at the end of the stream.
+    pub async fn next(&mut self) -> Option<Result<sse::Event, UpstreamError>> {
+        match self {
+            Self::Mock(mock) => mock.next().await.map(Ok),
+            Self::Http { body, parser } => loop {
+                if let Some(event) = parser.next_event() {
+                    return Some(Ok(event));
+                }
+                match body.frame().await {
+                    None => return None,
+                    Some(Err(e)) => return Some(Err(UpstreamError::StreamBroken(e.to_string()))),
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            parser.push(data);
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
