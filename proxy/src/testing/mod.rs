@@ -1,0 +1,12 @@
+//! Test doubles shared by `proxy/tests`, the `e2e` package and the `fake-openai` binary.
+//!
+//! Only compiled with the `testing` cargo feature. Nothing here is used by the proxy itself.
+//!
+//! - [`FakeOpenAi`]: an OpenAI Chat Completions upstream on a loopback port that speaks the real
+//!   wire format (JSON bodies, SSE framing, error envelopes, rate-limit headers) and can be
+//!   scripted per request ([`Behaviour`]) or driven by the request's `model` name (see
+//!   [`Behaviour::for_model`]), so routing manifests can pick failure modes without test code.
+
+pub mod fake_openai;
+
+pub use fake_openai::{Behaviour, FakeOpenAi, Recorded};

@@ -1,0 +1,355 @@
+//! Target choice, retries and fallbacks, over real HTTP on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step should panic")]
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use proxy::testing::{Behaviour, FakeOpenAi};
+use serde_json::Value;
+use support::{Proxy, chat_body, http_provider, mock_provider};
+
+async fn target_counts(proxy: &Proxy, alias: &str, n: usize, header: Option<(&str, String)>) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for i in 0..n {
+        let mut request =
+            proxy.client.post(format!("{}/v1/chat/completions", proxy.base)).json(&chat_body(alias, false));
+        if let Some((name, prefix)) = &header {
+            request = request.header(*name, format!("{prefix}{i}"));
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let target = response.headers()["x-switchyard-target"].to_str().unwrap().to_owned();
+        *counts.entry(target).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn weighted_split_follows_the_weights_within_statistical_bounds() {
+    let manifests = mock_provider("m", "")
+        + r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: chat}
+spec:
+  targets:
+  - {name: big, provider: m, model: a, weight: 90}
+  - {name: small, provider: m, model: b, weight: 10}
+  - {name: drained, provider: m, model: c, weight: 0}
+"#;
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let n = 3000;
+    let counts = target_counts(&proxy, "chat", n, None).await;
+    // Binomial(3000, 0.9): mean 2700, sd 16.4; 5 sd either side.
+    let big = counts.get("big").copied().unwrap_or(0);
+    assert!((2618..=2782).contains(&big), "big got {big} of {n}: {counts:?}");
+    assert_eq!(counts.get("drained"), None, "a weight-0 target was picked: {counts:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn canary_share_has_hundredth_of_a_percent_resolution() {
+    let manifests = mock_provider("m", "")
+        + r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: chat}
+spec:
+  targets:
+  - {name: stable, provider: m, model: a}
+  canary:
+    target: {name: next, provider: m, model: b}
+    percent: "2.5"
+"#;
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let table = proxy.table().await;
+    assert_eq!(table["table"]["routes"]["chat"]["canary"]["share"], 250);
+    let n = 4000;
+    let counts = target_counts(&proxy, "chat", n, None).await;
+    // Binomial(4000, 0.025): mean 100, sd 9.9; 5 sd either side.
+    let next = counts.get("next").copied().unwrap_or(0);
+    assert!((51..=149).contains(&next), "canary got {next} of {n}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn sticky_header_keeps_each_caller_on_one_side() {
+    let manifests = mock_provider("m", "")
+        + r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: chat}
+spec:
+  targets:
+  - {name: a, provider: m, model: a, weight: 1}
+  - {name: b, provider: m, model: b, weight: 1}
+  canary:
+    target: {name: next, provider: m, model: c}
+    percent: "30"
+    sticky: {header: x-user-id}
+"#;
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let mut sides = HashMap::new();
+    for user in 0..40 {
+        let user = format!("user-{user}");
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let response = proxy.chat_with(&chat_body("chat", false), &[("x-user-id", &user)]).await;
+            seen.push(response.headers()["x-switchyard-target"].to_str().unwrap().to_owned());
+        }
+        assert!(seen.iter().all(|t| t == &seen[0]), "{user} moved between targets: {seen:?}");
+        *sides.entry(seen[0].clone()).or_insert(0) += 1;
+    }
+    assert_eq!(sides.len(), 3, "40 callers should spread over all three targets: {sides:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn fallbacks_are_tried_in_order_after_the_route_targets_fail() {
+    let fake = FakeOpenAi::start().await;
+    let manifests = http_provider("up", &fake.base_url(), None)
+        + r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: chat}
+spec:
+  targets:
+  - {name: first, provider: up, model: fail-500}
+  fallbacks: [second, third]
+  retry: {attempts: 1, backoff: 1ms}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: second}
+spec:
+  targets:
+  - {name: second, provider: up, model: fail-503}
+  retry: {attempts: 0}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: third}
+spec:
+  targets:
+  - {name: third, provider: up, model: healthy}
+"#;
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let response = proxy.chat(&chat_body("chat", false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchyard-target"], "third");
+    assert_eq!(response.headers()["x-switchyard-route"], "third");
+    let models: Vec<String> = fake.requests().iter().map(|r| r.body["model"].as_str().unwrap().to_owned()).collect();
+    // The first target is retried once (attempts: 1), the second not at all.
+    assert_eq!(models, ["fail-500", "fail-500", "fail-503", "healthy"]);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["choices"][0]["message"]["content"].as_str().unwrap().contains("healthy"));
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    assert!(metrics.contains(r#"switchyard_fallbacks_total{route="chat",from="first",to="third"} 1"#), "{metrics}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_400_from_the_upstream_is_neither_retried_nor_sent_to_a_fallback() {
+    let fake = FakeOpenAi::start().await;
+    let manifests = http_provider("up", &fake.base_url(), None)
+        + r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: chat}
+spec:
+  targets:
+  - {name: first, provider: up, model: fail-400}
+  - {name: other, provider: up, model: healthy, weight: 0}
+  fallbacks: [backup]
+  retry: {attempts: 3, backoff: 1ms}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: backup}
+spec:
+  targets:
+  - {name: backup, provider: up, model: healthy}
+"#;
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let response = proxy.chat(&chat_body("chat", false)).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    assert_eq!(fake.hits(), 1, "a 400 must reach the upstream exactly once");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn retry_after_from_the_upstream_is_waited_for_before_the_retry() {
+    let fake = FakeOpenAi::start().await;
+    fake.push(Behaviour::Status {
+        status: 429,
+        body:
+            r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#
+                .into(),
+        headers: vec![("retry-after".into(), "1".into())],
+    });
+    let manifests = http_provider("up", &fake.base_url(), None)
+        + r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: chat}
+spec:
+  targets:
+  - {name: only, provider: up, model: healthy}
+  retry: {attempts: 2, backoff: 1ms, maxBackoff: 2ms}
+"#;
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let response = proxy.chat(&chat_body("chat", false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchyard-attempts"], "2");
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    let gap = requests[1].at.duration_since(requests[0].at);
+    assert!(gap >= Duration::from_millis(990), "retried after {gap:?}, before the 1 s Retry-After");
+    assert!(gap < Duration::from_secs(3), "retried only after {gap:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn all_targets_failing_gives_a_502_in_openai_shape_listing_the_attempts() {
+    let fake = FakeOpenAi::start().await;
+    let manifests = http_provider("up", &fake.base_url(), None)
+        + r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: chat}
+spec:
+  targets:
+  - {name: a, provider: up, model: fail-500}
+  - {name: b, provider: up, model: fail-503}
+  retry: {attempts: 0}
+"#;
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let response = proxy.chat(&chat_body("chat", false)).await;
+    assert_eq!(response.status(), 502);
+    assert!(response.headers().contains_key("x-request-id"));
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("all 2 attempt(s) for `chat` failed"), "{message}");
+    assert_eq!(body["error"]["attempts"].as_array().unwrap().len(), 2, "{body}");
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    let failed = metrics.lines().find(|l| {
+        l.starts_with("switchyard_requests_total{") && l.contains(r#"route="chat""#) && l.contains(r#"code="5xx""#)
+    });
+    assert!(failed.is_some_and(|l| l.ends_with(" 1")), "the failed request was not counted: {metrics}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_circuit_skips_the_failing_target_until_it_may_probe_again() {
+    let fake = FakeOpenAi::start().await;
+    let manifests = http_provider("up", &fake.base_url(), None)
+        + r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: chat}
+spec:
+  targets:
+  - {name: broken, provider: up, model: fail-500, weight: 1000}
+  - {name: good, provider: up, model: healthy, weight: 1}
+  retry: {attempts: 0}
+  circuitBreaker: {consecutiveFailures: 2, openFor: 1h}
+"#;
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    for _ in 0..6 {
+        let response = proxy.chat(&chat_body("chat", false)).await;
+        assert_eq!(response.status(), 200);
+    }
+    let broken_hits = fake.requests().iter().filter(|r| r.body["model"] == "fail-500").count();
+    assert!(broken_hits <= 2, "the broken target was tried {broken_hits} times after its circuit opened");
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    assert!(metrics.contains(r#"switchyard_circuit_state{target="broken"} 1"#), "{metrics}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_key_from_the_secret_reaches_the_upstream_as_a_bearer_token() {
+    let fake = FakeOpenAi::start().await;
+    fake.require_api_key("sk-test-4f9a");
+    let manifests = http_provider("up", &fake.base_url(), Some("sk-test-4f9a"))
+        + r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: chat}
+spec:
+  targets:
+  - {name: only, provider: up, model: gpt-4o-mini}
+"#;
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let response = proxy.chat(&chat_body("chat", false)).await;
+    assert_eq!(response.status(), 200);
+    let recorded = &fake.requests()[0];
+    assert_eq!(recorded.path, "/v1/chat/completions");
+    assert_eq!(recorded.header("authorization"), Some("Bearer sk-test-4f9a"));
+    assert_eq!(recorded.body["model"], "gpt-4o-mini");
+    let (_, table) = proxy.admin_get("/debug/table").await;
+    assert!(!table.contains("sk-test-4f9a"), "the key leaked into /debug/table");
+    assert!(table.contains("*****"));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_model_returns_openai_404_naming_the_known_aliases() {
+    let manifests = mock_provider("m", "")
+        + r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: chat}
+spec:
+  targets: [{provider: m, model: a}]
+"#;
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let response = proxy.chat_with(&chat_body("gpt-5", false), &[("x-request-id", "abc-123")]).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.headers()["x-request-id"], "abc-123");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_not_found");
+    assert_eq!(body["error"]["param"], "model");
+    assert!(body["error"]["message"].as_str().unwrap().contains("`chat`"), "{body}");
+
+    let bad = proxy.client.post(format!("{}/v1/chat/completions", proxy.base)).body("{not json").send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let body: Value = bad.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("not valid JSON"), "{body}");
+
+    let models: Value =
+        proxy.client.get(format!("{}/v1/models", proxy.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "chat");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn the_request_timeout_bounds_all_attempts_together() {
+    let fake = FakeOpenAi::start().await;
+    for _ in 0..10 {
+        fake.push(Behaviour::SlowHeaders(Duration::from_secs(5)));
+    }
+    let manifests = http_provider("up", &fake.base_url(), None)
+        + r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: chat}
+spec:
+  targets: [{name: slow, provider: up, model: m}]
+  retry: {attempts: 5, backoff: 1ms}
+  timeouts: {request: 600ms, attempt: 250ms}
+"#;
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let started = Instant::now();
+    let response = proxy.chat(&chat_body("chat", false)).await;
+    let took = started.elapsed();
+    assert_eq!(response.status(), 504);
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    assert!(fake.hits() >= 2, "the attempt timeout should have allowed a retry");
+    proxy.stop().await;
+}
