@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: Rust lints and tests, then the
+# OpenAI SDK conformance tests against the real proxy binary.
+# Installs what it needs: crates via cargo, Python packages into .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "rustfmt"
+cargo fmt --all --check
+
+step "clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "the proxy must not depend on a Kubernetes client"
+if cargo tree -p proxy -e normal --locked | grep -E 'kube-(client|runtime)'; then
+  echo "proxy depends on a Kubernetes client crate" >&2
+  exit 1
+fi
+
+step "cargo test"
+cargo test --workspace --all-features --locked
+
+step "build binaries for the conformance tests"
+cargo build -p proxy --features testing --bins --locked
+
+step "python environment for SDK conformance"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/conformance/requirements.txt
+
+step "SDK conformance (official openai package against the proxy binary)"
+SWITCHYARD_PROXY_BIN="$PWD/target/debug/switchyard-proxy" \
+FAKE_OPENAI_BIN="$PWD/target/debug/fake-openai" \
+  .venv/bin/python -m pytest -q tests/conformance

@@ -1,0 +1,364 @@
+"""Fixtures for the OpenAI SDK conformance suite.
+
+One module-scoped stack per test module:
+
+- ``fake-openai --api-key ...`` on an OS-chosen port (it prints ``listening on http://ADDR/v1``
+  as its first stdout line, and 401s any request that does not carry the key);
+- ``switchyard-proxy`` on a temp manifest directory, data and admin ports chosen by the OS
+  (both read back from its JSON ``switchyard-proxy listening`` log line), polled on
+  ``/readyz`` until it is ready.
+
+Binaries come from ``SWITCHYARD_PROXY_BIN`` and ``FAKE_OPENAI_BIN``, by default
+``target/debug/switchyard-proxy`` and ``target/debug/fake-openai`` under the repository root
+(``cargo build -p proxy --features testing --bins``).
+
+When a test fails, the output of every process of the stack is attached to its report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, TypeVar
+
+import openai
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROXY_BIN = Path(os.environ.get("SWITCHYARD_PROXY_BIN", REPO_ROOT / "target/debug/switchyard-proxy"))
+FAKE_BIN = Path(os.environ.get("FAKE_OPENAI_BIN", REPO_ROOT / "target/debug/fake-openai"))
+
+#: How long a process may take to print its address, and the proxy to become ready.
+STARTUP_TIMEOUT = float(os.environ.get("SWITCHYARD_CONFORMANCE_STARTUP_TIMEOUT", "30"))
+#: Per-request timeout of the SDK clients: a hang fails fast instead of blocking the suite.
+REQUEST_TIMEOUT = 15.0
+
+#: The key the fake upstream requires; the proxy only gets it through the Secret.
+UPSTREAM_KEY = "sk-conformance-123"
+#: The upstream model behind the `chat` alias.
+UPSTREAM_MODEL = "gpt-4o-mini"
+#: The model the mock provider pretends to be behind the `chat-mock` alias.
+MOCK_MODEL = "mock-model-1"
+
+#: alias -> (target name, what it is)
+ROUTES = {
+    "chat": "fake",  # fake-openai, gpt-4o-mini, key from the Secret
+    "chat-mock": "mocked",  # the built-in mock provider
+    "broken": "failing",  # fake-openai, model fail-500, no retries
+    "wrong-key": "locked-out",  # fake-openai with a key the fake rejects, no retries
+}
+
+T = TypeVar("T")
+
+
+def manifests(fake_base_url: str) -> str:
+    """Every object the proxy serves, as one multi-document YAML file."""
+    return f"""\
+apiVersion: v1
+kind: Secret
+metadata: {{name: keys}}
+stringData:
+  up: {UPSTREAM_KEY}
+  wrong: sk-not-the-right-key
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderSecret
+metadata: {{name: up}}
+spec:
+  provider: openai-compatible
+  baseUrl: {fake_base_url}
+  apiKey: {{secretKeyRef: {{name: keys, key: up}}}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderSecret
+metadata: {{name: up-wrong-key}}
+spec:
+  provider: openai-compatible
+  baseUrl: {fake_base_url}
+  apiKey: {{secretKeyRef: {{name: keys, key: wrong}}}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderSecret
+metadata: {{name: m}}
+spec: {{provider: mock}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {{name: chat}}
+spec:
+  targets:
+  - {{name: fake, provider: up, model: {UPSTREAM_MODEL}}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {{name: chat-mock}}
+spec:
+  targets:
+  - {{name: mocked, provider: m, model: {MOCK_MODEL}}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {{name: broken}}
+spec:
+  targets:
+  - {{name: failing, provider: up, model: fail-500}}
+  retry: {{attempts: 0}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {{name: wrong-key}}
+spec:
+  targets:
+  - {{name: locked-out, provider: up-wrong-key, model: {UPSTREAM_MODEL}}}
+  retry: {{attempts: 0}}
+"""
+
+
+# === Processes ===
+
+
+class Process:
+    """A child process whose stdout and stderr are drained by threads into memory.
+
+    Draining keeps the child from ever blocking on a full pipe, and keeps its output for
+    failure reports.
+    """
+
+    def __init__(self, name: str, argv: list[str], env: Optional[dict[str, str]] = None) -> None:
+        self.name = name
+        self.argv = argv
+        self._cond = threading.Condition()
+        self._lines: list[tuple[str, str]] = []  # (stream, line) in arrival order
+        self._open_streams = 2
+        self.popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+        )
+        self._threads = [
+            threading.Thread(target=self._drain, args=("stdout", self.popen.stdout), daemon=True),
+            threading.Thread(target=self._drain, args=("stderr", self.popen.stderr), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        _LIVE.append(self)
+
+    def _drain(self, stream: str, pipe) -> None:
+        try:
+            for line in pipe:
+                with self._cond:
+                    self._lines.append((stream, line.rstrip("\n")))
+                    self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._open_streams -= 1
+                self._cond.notify_all()
+
+    def wait_for(self, stream: str, parse: Callable[[str], Optional[T]], what: str, timeout: float) -> T:
+        """The first non-None ``parse(line)`` over ``stream``'s lines, waiting up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                while seen < len(self._lines):
+                    source, line = self._lines[seen]
+                    seen += 1
+                    if source == stream:
+                        found = parse(line)
+                        if found is not None:
+                            return found
+                if self._open_streams == 0:
+                    raise StartupError(f"{self.name} exited (status {self.popen.wait()}) before {what}", self)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StartupError(f"{self.name} did not show {what} within {timeout:.0f}s", self)
+                self._cond.wait(remaining)
+
+    def exited(self) -> Optional[int]:
+        return self.popen.poll()
+
+    def output(self, last: int = 200) -> str:
+        with self._cond:
+            lines = self._lines[-last:]
+        header = f"$ {' '.join(self.argv)}\n"
+        return header + "\n".join(f"[{stream}] {line}" for stream, line in lines)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s; always reaps the child."""
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        if self in _LIVE:
+            _LIVE.remove(self)
+
+
+class StartupError(Exception):
+    def __init__(self, message: str, process: Process) -> None:
+        super().__init__(f"{message}\n--- {process.name} output ---\n{process.output()}")
+
+
+#: Processes of the current stack, attached to the report of every failing test.
+_LIVE: list[Process] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        for process in list(_LIVE):
+            state = "running" if process.exited() is None else f"exited with {process.exited()}"
+            report.sections.append((f"{process.name} ({state}) output", process.output()))
+    return report
+
+
+# === The stack ===
+
+
+@dataclass
+class Stack:
+    #: Origin of the proxy's data port, e.g. ``http://127.0.0.1:41234``.
+    base_url: str
+    #: Origin of the proxy's admin port.
+    admin_url: str
+    #: The fake upstream's OpenAI base URL, ``http://127.0.0.1:PORT/v1``.
+    fake_url: str
+    manifest_dir: Path
+    #: The proxy process, for checks on its log.
+    proxy: Process
+    aliases: list[str] = field(default_factory=lambda: sorted(ROUTES))
+
+    @property
+    def v1(self) -> str:
+        return f"{self.base_url}/v1"
+
+
+def _require_binary(path: Path, var: str) -> str:
+    if not path.is_file() or not os.access(path, os.X_OK):
+        pytest.fail(
+            f"{path} is missing: build it with `cargo build -p proxy --features testing --bins` "
+            f"or point {var} at it",
+            pytrace=False,
+        )
+    return str(path)
+
+
+def _fake_listening(line: str) -> Optional[str]:
+    match = re.search(r"listening on (http://\S+/v1)\s*$", line)
+    return match.group(1) if match else None
+
+
+def _proxy_listening(line: str) -> Optional[tuple[str, str]]:
+    try:
+        log = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(log, dict):
+        return None
+    fields = log.get("fields") if isinstance(log.get("fields"), dict) else log
+    message = log.get("message", fields.get("message"))
+    if message != "switchyard-proxy listening":
+        return None
+    return fields["listen"], fields["admin_listen"]
+
+
+def _wait_ready(proxy: Process, admin_url: str, timeout: float) -> None:
+    """Polls ``GET /readyz`` until it answers 200."""
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while True:
+        if proxy.exited() is not None:
+            raise StartupError(f"switchyard-proxy exited ({proxy.exited()}) before /readyz said 200", proxy)
+        try:
+            with urllib.request.urlopen(f"{admin_url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+                last = f"HTTP {response.status}"
+        except urllib.error.HTTPError as error:
+            last = f"HTTP {error.code}: {error.read()[:500]!r}"
+        except (urllib.error.URLError, OSError) as error:
+            last = repr(error)
+        if time.monotonic() >= deadline:
+            raise StartupError(f"/readyz not 200 within {timeout:.0f}s (last: {last})", proxy)
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Stack:
+    proxy_bin = _require_binary(PROXY_BIN, "SWITCHYARD_PROXY_BIN")
+    fake_bin = _require_binary(FAKE_BIN, "FAKE_OPENAI_BIN")
+    started: list[Process] = []
+    try:
+        fake = Process(
+            "fake-openai",
+            [fake_bin, "--listen", "127.0.0.1:0", "--api-key", UPSTREAM_KEY, "--name", "conformance"],
+        )
+        started.append(fake)
+        fake_url = fake.wait_for("stdout", _fake_listening, "`listening on http://ADDR/v1`", STARTUP_TIMEOUT)
+
+        manifest_dir = tmp_path_factory.mktemp("manifests")
+        (manifest_dir / "conformance.yaml").write_text(manifests(fake_url))
+
+        env = dict(os.environ, RUST_LOG=os.environ.get("SWITCHYARD_CONFORMANCE_RUST_LOG", "info"))
+        proxy = Process(
+            "switchyard-proxy",
+            [
+                proxy_bin,
+                "--manifests", str(manifest_dir),
+                "--listen", "127.0.0.1:0",
+                "--admin-listen", "127.0.0.1:0",
+                "--log-format", "json",
+            ],
+            env=env,
+        )
+        started.append(proxy)
+        listen, admin_listen = proxy.wait_for(
+            "stderr", _proxy_listening, "the `switchyard-proxy listening` log line", STARTUP_TIMEOUT
+        )
+        admin_url = f"http://{admin_listen}"
+        _wait_ready(proxy, admin_url, STARTUP_TIMEOUT)
+    except StartupError as error:
+        for process in reversed(started):
+            process.stop()
+        pytest.fail(str(error), pytrace=False)
+    except BaseException:
+        for process in reversed(started):
+            process.stop()
+        raise
+
+    yield Stack(
+        base_url=f"http://{listen}", admin_url=admin_url, fake_url=fake_url, manifest_dir=manifest_dir, proxy=proxy
+    )
+
+    crashed = [(p, p.exited()) for p in started if p.exited() is not None]
+    for process in reversed(started):
+        process.stop()
+    if crashed:
+        details = "\n".join(f"--- {p.name} exited with {code} ---\n{p.output()}" for p, code in crashed)
+        pytest.fail(f"a process of the stack died during the tests:\n{details}", pytrace=False)
+
+
+@pytest.fixture
+def client(stack: Stack):
+    """The official SDK pointed at the proxy; the client's own key is irrelevant to the proxy."""
+    with openai.OpenAI(base_url=stack.v1, api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT) as sdk:
+        yield sdk
