@@ -1,0 +1,495 @@
+#!/usr/bin/env bash
+# Switchyard proxy benchmark: throughput, latency and memory of
+# switchyard-proxy versus direct-to-upstream and versus an nginx reverse proxy.
+#
+#   bash bench/run.sh
+#
+# Layout (2 cores needed):
+#   core 1: the upstream (nginx returning a fixed chat.completion JSON) + wrk
+#   core 0: the system under test, one at a time (nothing for "direct")
+#
+# Environment knobs (all optional):
+#   BENCH_DURATION=10       seconds of each measured wrk run
+#   BENCH_WARMUP=2          seconds of the unmeasured wrk run before each
+#   BENCH_CONNS_LATENCY=8   connections of the latency run
+#   BENCH_CONNS_THROUGHPUT=64  connections of the throughput run
+#   BENCH_DURATION_SINGLE=5 seconds of the 1-connection run (per-hop latency
+#                           without queueing)
+#   SWITCHYARD_PROXY_BIN=path  use this binary instead of building one
+#   BENCH_NICE=-20          nice level of everything the benchmark starts
+#                           (as root; shields it from unrelated work such as
+#                           a cargo build; 0 to disable)
+#   BENCH_KEEP=1            keep the temporary directory (configs, logs)
+#
+# Writes the summary to stdout and to bench/out/latest.md. Exits non-zero
+# only on errors (a tool missing, a server not starting, wrk reporting
+# errors); a missed performance target is reported as FAIL, exit 0.
+
+set -Eeuo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH="$ROOT/bench"
+OUT="$BENCH/out"
+DURATION="${BENCH_DURATION:-10}"
+WARMUP="${BENCH_WARMUP:-2}"
+CONNS_LAT="${BENCH_CONNS_LATENCY:-8}"
+CONNS_TPUT="${BENCH_CONNS_THROUGHPUT:-64}"
+DURATION_SINGLE="${BENCH_DURATION_SINGLE:-5}"
+SUT_CORE=0
+LOAD_CORE=1
+if [[ $EUID -eq 0 ]]; then NICE="${BENCH_NICE:--20}"; else NICE="${BENCH_NICE:-0}"; fi
+
+# Targets from the issue.
+TARGET_RATIO=0.8        # switchyard req/s >= 0.8 x nginx req/s (at CONNS_TPUT)
+TARGET_P99_ADDED_MS=0.5 # switchyard p99 - direct p99 at CONNS_LAT connections
+TARGET_PEAK_MIB=50      # VmHWM of switchyard-proxy after all load
+
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() {
+  printf '\n[bench] ERROR: %s\n' "$*" >&2
+  exit 1
+}
+on_err() { printf '[bench] ERROR: command failed (exit %s) at line %s: %s\n' "$1" "$2" "$3" >&2; }
+trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
+
+# ---------------------------------------------------------------- cleanup
+PIDS=()
+WORK=""
+cleanup() {
+  local status=$?
+  set +e
+  trap - ERR
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null
+  done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
+  if [[ -n "$WORK" && -d "$WORK" ]]; then
+    if [[ "${BENCH_KEEP:-0}" == 1 || $status -ne 0 ]]; then
+      log "temporary files (configs, logs) kept in $WORK"
+    else
+      rm -rf "$WORK"
+    fi
+  fi
+  exit $status
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- prerequisites
+[[ "$(nproc --all)" -ge 2 ]] || die "needs at least 2 CPUs (core $SUT_CORE for the proxy, core $LOAD_CORE for load + upstream)"
+taskset -c "$SUT_CORE,$LOAD_CORE" true 2>/dev/null \
+  || die "cannot pin to cores $SUT_CORE and $LOAD_CORE (is this process restricted by a cpuset?)"
+
+install_missing() {
+  local missing=()
+  command -v curl >/dev/null || missing+=(curl)
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+  command -v python3 >/dev/null || missing+=(python3)
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  log "installing ${missing[*]} with apt-get"
+  local sudo=()
+  [[ $EUID -eq 0 ]] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq || die "apt-get update failed"
+  if ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null; then
+    if [[ " ${missing[*]} " == *" nginx-light "* ]]; then
+      log "nginx-light not installable, trying nginx"
+      missing=("${missing[@]/nginx-light/nginx}")
+      DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null \
+        || die "apt-get install ${missing[*]} failed"
+    else
+      die "apt-get install ${missing[*]} failed"
+    fi
+  fi
+}
+install_missing
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+[[ -x "$NGINX" ]] || die "nginx not found after install"
+command -v wrk >/dev/null || die "wrk not found after install"
+
+if [[ -n "${SWITCHYARD_PROXY_BIN:-}" ]]; then
+  PROXY_BIN="$SWITCHYARD_PROXY_BIN"
+else
+  log "building switchyard-proxy (release)"
+  (cd "$ROOT" && cargo build --release -p proxy --bin switchyard-proxy) \
+    || die "cargo build --release -p proxy --bin switchyard-proxy failed"
+  PROXY_BIN="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/switchyard-proxy"
+fi
+[[ -x "$PROXY_BIN" ]] || die "no executable at $PROXY_BIN"
+
+mkdir -p "$OUT"
+WORK="$(mktemp -d /tmp/switchyard-bench.XXXXXX)"
+chmod 755 "$WORK"
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until URL answers 2xx (GET) while PID lives.
+wait_http() {
+  local url="$1" pid="$2" what="$3" logfile="$4"
+  for _ in $(seq 300); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 30 "$logfile" >&2 || true
+      die "$what exited during startup (log above: $logfile)"
+    fi
+    curl -sf -o /dev/null --max-time 1 "$url" && return 0
+    sleep 0.1
+  done
+  tail -n 30 "$logfile" >&2 || true
+  die "$what not ready at $url after 30 s"
+}
+
+stop_pid() {
+  local pid="$1"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local kept=()
+  for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || kept+=("$p"); done
+  PIDS=("${kept[@]}")
+}
+
+# cpu_ticks PID...: utime+stime (clock ticks, all threads) summed over the PIDs.
+cpu_ticks() {
+  local total=0 pid t
+  for pid in "$@"; do
+    t=$(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}') || t=0
+    total=$((total + t))
+  done
+  echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# Command prefixes: run on one core only, at the benchmark's nice level.
+# (Arrays, not functions: `function &` would fork a subshell and $! would not
+# be the server's pid.)
+ON_SUT_CORE=(nice -n "$NICE" taskset -c "$SUT_CORE")
+ON_LOAD_CORE=(nice -n "$NICE" taskset -c "$LOAD_CORE")
+
+# ---------------------------------------------------------------- nginx configs
+# A realistic non-streaming OpenAI answer (696 bytes). No `$` (nginx
+# variables) and no `'` (the nginx string quote) in it.
+RESPONSE_BODY='{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion","created":1741569952,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I assist you today? If you have any questions or need help with something, feel free to ask.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":25,"total_tokens":34,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_06737a9306"}'
+REQUEST_BODY='{"model":"bench","messages":[{"role":"user","content":"hello"}]}'
+
+# nginx_common DIR: main-context lines shared by both nginx instances.
+nginx_common() {
+  local dir="$1"
+  mkdir -p "$dir/tmp"
+  chmod 777 "$dir/tmp"
+  [[ $EUID -eq 0 ]] && echo "user root;"
+  cat <<EOF
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+EOF
+}
+nginx_http_common() {
+  local dir="$1"
+  cat <<EOF
+  access_log off;
+  client_body_temp_path $dir/tmp/body;
+  proxy_temp_path $dir/tmp/proxy;
+  fastcgi_temp_path $dir/tmp/fastcgi;
+  uwsgi_temp_path $dir/tmp/uwsgi;
+  scgi_temp_path $dir/tmp/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+EOF
+}
+
+# start_nginx NAME sut|load: runs $WORK/NAME/nginx.conf in the foreground
+# (master + 1 worker) pinned to that core; sets NGINX_PID.
+start_nginx() {
+  local dir="$WORK/$1" pin
+  if [[ $2 == sut ]]; then pin=("${ON_SUT_CORE[@]}"); else pin=("${ON_LOAD_CORE[@]}"); fi
+  "$NGINX" -t -q -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" \
+    || die "nginx config $dir/nginx.conf is invalid"
+  "${pin[@]}" "$NGINX" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off;' \
+    >"$dir/stdout.log" 2>&1 &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+}
+
+UPSTREAM_PORT=$(free_port)
+mkdir -p "$WORK/upstream"
+{
+  nginx_common "$WORK/upstream"
+  echo "http {"
+  nginx_http_common "$WORK/upstream"
+  cat <<EOF
+  server {
+    listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;
+    location = /healthz { return 200 'ok'; }
+    location = /v1/chat/completions {
+      default_type application/json;
+      return 200 '$RESPONSE_BODY';
+    }
+    location / { return 404; }
+  }
+}
+EOF
+} >"$WORK/upstream/nginx.conf"
+
+NGINX_PROXY_PORT=$(free_port)
+mkdir -p "$WORK/nginx-proxy"
+{
+  nginx_common "$WORK/nginx-proxy"
+  echo "http {"
+  nginx_http_common "$WORK/nginx-proxy"
+  cat <<EOF
+  upstream llm {
+    server 127.0.0.1:$UPSTREAM_PORT;
+    keepalive 64;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PROXY_PORT backlog=4096;
+    location = /healthz { return 200 'ok'; }
+    location / {
+      proxy_pass http://llm;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+} >"$WORK/nginx-proxy/nginx.conf"
+
+# ---------------------------------------------------------------- switchyard manifests
+mkdir -p "$WORK/manifests"
+cat >"$WORK/manifests/bench.yaml" <<EOF
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderSecret
+metadata: {name: upstream}
+spec:
+  provider: openai-compatible
+  baseUrl: http://127.0.0.1:$UPSTREAM_PORT/v1
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: bench}
+spec:
+  targets:
+  - {name: up, provider: upstream, model: gpt-4o-mini}
+EOF
+
+# start_switchyard NAME RUST_LOG: sets SY_PID, SY_PORT, SY_LOG.
+start_switchyard() {
+  local name="$1" level="$2" admin
+  SY_PORT=$(free_port)
+  admin=$(free_port)
+  SY_LOG="$WORK/$name.log"
+  RUST_LOG="$level" "${ON_SUT_CORE[@]}" "$PROXY_BIN" \
+    --manifests "$WORK/manifests" \
+    --listen "127.0.0.1:$SY_PORT" --admin-listen "127.0.0.1:$admin" \
+    --log-format json --drain-timeout 2s \
+    >"$SY_LOG" 2>&1 &
+  SY_PID=$!
+  PIDS+=("$SY_PID")
+  wait_http "http://127.0.0.1:$admin/readyz" "$SY_PID" "switchyard-proxy ($name)" "$SY_LOG"
+}
+
+proc_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+
+# check_answer URL WHAT: one request with curl; the answer must be a 200
+# chat.completion.
+check_answer() {
+  local url="$1" what="$2" code
+  code=$(curl -sS -o "$WORK/answer.json" -w '%{http_code}' --max-time 5 \
+    -H 'Content-Type: application/json' --data "$REQUEST_BODY" "$url") \
+    || die "$what: request to $url failed"
+  if [[ "$code" != 200 ]] || ! grep -q '"chat.completion"' "$WORK/answer.json"; then
+    cat "$WORK/answer.json" >&2 || true
+    die "$what: expected a 200 chat.completion from $url, got HTTP $code (body above)"
+  fi
+}
+
+# run_wrk CONNS SECONDS URL OUTFILE: one pinned wrk run; fails loudly on any
+# wrk error; prints the BENCH line.
+run_wrk() {
+  local conns="$1" secs="$2" url="$3" out="$4" line
+  "${ON_LOAD_CORE[@]}" wrk -t1 -c"$conns" -d"${secs}s" --timeout 5s --latency \
+    -s "$BENCH/chat.lua" "$url" >"$out" 2>&1 \
+    || { cat "$out" >&2; die "wrk failed against $url"; }
+  line=$(grep '^BENCH ' "$out") || { cat "$out" >&2; die "wrk printed no summary line (see above)"; }
+  local errs
+  errs=$(sed -n 's/.*err_connect=\([0-9]*\) err_read=\([0-9]*\) err_write=\([0-9]*\) err_status=\([0-9]*\) err_timeout=\([0-9]*\).*/\1 \2 \3 \4 \5/p' <<<"$line")
+  read -r ec er ew es et <<<"$errs"
+  if [[ "$ec$er$ew$es$et" != 00000 ]]; then
+    cat "$out" >&2
+    if [[ -n "$SUT_LOG" ]]; then
+      echo "--- last lines of $SUT_LOG:" >&2
+      tail -n 20 "$SUT_LOG" >&2 || true
+    fi
+    die "wrk against $url reported errors: connect=$ec read=$er write=$ew non-2xx/3xx=$es timeout=$et"
+  fi
+  echo "$line"
+}
+
+field() { sed -n "s/.* $2=\([0-9.]*\).*/\1/p" <<<" $1"; }
+
+declare -A R   # R[key.metric]
+SUT_LOG=""     # log of the system under test, shown when wrk reports errors
+MEASURE_LOG="" # when set: a log file whose growth during the latency run is recorded
+# measure KEY URL PIDS...: warm-up + latency run + warm-up + throughput run +
+# single-connection run; CPU time of PIDS (the system under test) sampled
+# around the latency run.
+measure() {
+  local key="$1" url="$2"
+  shift 2
+  local pids=("$@") line c0=0 c1=0 l0=0 l1=0
+  log "$key: warm-up ${WARMUP}s, then ${DURATION}s at $CONNS_LAT connections"
+  run_wrk "$CONNS_LAT" "$WARMUP" "$url" "$WORK/$key.warm1.txt" >/dev/null
+  ((${#pids[@]})) && c0=$(cpu_ticks "${pids[@]}")
+  [[ -n "$MEASURE_LOG" ]] && l0=$(stat -c %s "$MEASURE_LOG")
+  line=$(run_wrk "$CONNS_LAT" "$DURATION" "$url" "$WORK/$key.c$CONNS_LAT.txt")
+  ((${#pids[@]})) && c1=$(cpu_ticks "${pids[@]}")
+  [[ -n "$MEASURE_LOG" ]] && l1=$(stat -c %s "$MEASURE_LOG")
+  R[$key.log_bytes]=$((l1 - l0))
+  R[$key.rps8]=$(field "$line" rps)
+  R[$key.req8]=$(field "$line" requests)
+  R[$key.p50]=$(field "$line" p50_us)
+  R[$key.p90]=$(field "$line" p90_us)
+  R[$key.p99]=$(field "$line" p99_us)
+  R[$key.cpu_us_per_req]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="${R[$key.req8]}" \
+    'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')
+  log "$key: ${R[$key.rps8]} req/s, p50 ${R[$key.p50]} us, p99 ${R[$key.p99]} us"
+  log "$key: warm-up ${WARMUP}s, then ${DURATION}s at $CONNS_TPUT connections"
+  run_wrk "$CONNS_TPUT" "$WARMUP" "$url" "$WORK/$key.warm2.txt" >/dev/null
+  line=$(run_wrk "$CONNS_TPUT" "$DURATION" "$url" "$WORK/$key.c$CONNS_TPUT.txt")
+  R[$key.rps64]=$(field "$line" rps)
+  R[$key.p99_64]=$(field "$line" p99_us)
+  log "$key: ${R[$key.rps64]} req/s, p99 ${R[$key.p99_64]} us"
+  log "$key: ${DURATION_SINGLE}s at 1 connection"
+  line=$(run_wrk 1 "$DURATION_SINGLE" "$url" "$WORK/$key.c1.txt")
+  R[$key.p50_1]=$(field "$line" p50_us)
+  R[$key.p99_1]=$(field "$line" p99_us)
+  log "$key: p50 ${R[$key.p50_1]} us, p99 ${R[$key.p99_1]} us"
+}
+
+# ---------------------------------------------------------------- run
+# How busy the machine is before anything starts (other builds, tests...):
+# CPU busy share over one second, from /proc/stat.
+cpu_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
+read -r b0 t0 < <(cpu_busy)
+sleep 1
+read -r b1 t1 < <(cpu_busy)
+BUSY=$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }')
+log "machine CPU busy before start: $BUSY % of $(nproc --all) cores"
+NOISE=""
+if ((BUSY > 10)); then
+  NOISE="**Warning: the machine was ${BUSY} % busy with other work before the run; these figures are noisy.**"
+  log "WARNING: the machine is not idle ($BUSY % busy); figures will be noisy"
+fi
+
+log "starting upstream nginx on 127.0.0.1:$UPSTREAM_PORT (core $LOAD_CORE)"
+start_nginx upstream load
+UPSTREAM_PID=$NGINX_PID
+wait_http "http://127.0.0.1:$UPSTREAM_PORT/healthz" "$UPSTREAM_PID" "upstream nginx" "$WORK/upstream/error.log"
+check_answer "http://127.0.0.1:$UPSTREAM_PORT/v1/chat/completions" "upstream"
+UPSTREAM_URL="http://127.0.0.1:$UPSTREAM_PORT/v1/chat/completions"
+SUT_LOG="$WORK/upstream/error.log"
+measure direct "$UPSTREAM_URL"
+
+log "starting nginx reverse proxy on 127.0.0.1:$NGINX_PROXY_PORT (core $SUT_CORE)"
+start_nginx nginx-proxy sut
+NP_PID=$NGINX_PID
+wait_http "http://127.0.0.1:$NGINX_PROXY_PORT/healthz" "$NP_PID" "nginx reverse proxy" "$WORK/nginx-proxy/error.log"
+check_answer "http://127.0.0.1:$NGINX_PROXY_PORT/v1/chat/completions" "nginx reverse proxy"
+mapfile -t NP_PIDS < <(echo "$NP_PID"; pgrep -P "$NP_PID")
+SUT_LOG="$WORK/nginx-proxy/error.log"
+measure nginx "http://127.0.0.1:$NGINX_PROXY_PORT/v1/chat/completions" "${NP_PIDS[@]}"
+stop_pid "$NP_PID"
+
+# Switchyard, RUST_LOG=warn (no per-request access log) and default info.
+for variant in warn info; do
+  key="sy_$variant"
+  log "starting switchyard-proxy RUST_LOG=$variant (core $SUT_CORE)"
+  start_switchyard "$key" "$variant"
+  R[$key.idle_kib]=$(proc_kib "$SY_PID" VmRSS)
+  R[$key.threads]=$(proc_kib "$SY_PID" Threads)
+  check_answer "http://127.0.0.1:$SY_PORT/v1/chat/completions" "switchyard-proxy ($variant)"
+  MEASURE_LOG="$SY_LOG"
+  SUT_LOG="$SY_LOG"
+  measure "$key" "http://127.0.0.1:$SY_PORT/v1/chat/completions" "$SY_PID"
+  MEASURE_LOG=""
+  R[$key.peak_kib]=$(proc_kib "$SY_PID" VmHWM)
+  stop_pid "$SY_PID"
+done
+
+# ---------------------------------------------------------------- report
+f1() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
+ms() { awk -v x="$1" 'BEGIN { printf "%.3f", x / 1000 }'; }
+mib() { awk -v x="$1" 'BEGIN { printf "%.1f", x / 1024 }'; }
+added_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f", (a - b) / 1000 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+verdict() { if awk "BEGIN { exit !($1) }"; then echo PASS; else echo FAIL; fi; }
+
+CPU_MODEL=$(awk -F': ' '/^model name/ { name = $2 } /^cpu family/ { fam = $2 } /^model\t/ { mod = $2 }
+  END { printf "%s (family %s, model %s)", name, fam, mod }' /proc/cpuinfo)
+VM=$(systemd-detect-virt -v 2>/dev/null) || VM=none
+if [[ $VM == none ]] && grep -qw hypervisor /proc/cpuinfo; then VM="a hypervisor"; fi
+CONTAINER=$(systemd-detect-virt -c 2>/dev/null) || CONTAINER=none
+NGINX_VERSION=$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')
+WRK_VERSION=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
+NAMES=(direct nginx sy_warn sy_info)
+declare -A LABEL=([direct]="direct to upstream" [nginx]="nginx reverse proxy" \
+  [sy_warn]="switchyard (RUST_LOG=warn)" [sy_info]="switchyard (info, JSON access log)")
+
+REPORT="$OUT/latest.md"
+{
+  echo "## Switchyard benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "Machine: $(nproc --all) cores, $CPU_MODEL, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)," \
+    "Linux $(uname -r), VM: $VM, container: $CONTAINER; CPU busy before start ${BUSY} %. nginx $NGINX_VERSION, wrk ${WRK_VERSION:-?}, commit $COMMIT."
+  echo "System under test pinned to core $SUT_CORE; upstream nginx and wrk (1 thread) pinned to core $LOAD_CORE." \
+    "All at nice $NICE. Runs at $CONNS_LAT and $CONNS_TPUT connections: ${WARMUP} s warm-up, then ${DURATION} s measured;" \
+    "then ${DURATION_SINGLE} s at 1 connection. Latency in ms."
+  [[ -z "$NOISE" ]] || { echo; echo "$NOISE"; }
+  echo
+  echo "| path | req/s @$CONNS_LAT | p50 @$CONNS_LAT | p90 @$CONNS_LAT | p99 @$CONNS_LAT | p99 added vs direct @$CONNS_LAT | req/s @$CONNS_TPUT | p99 @$CONNS_TPUT | p50 / p99 @1 | proxy CPU µs/req @$CONNS_LAT |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  for k in "${NAMES[@]}"; do
+    if [[ $k == direct ]]; then added="—"; cpu="—"; else
+      added=$(added_ms "${R[$k.p99]}" "${R[direct.p99]}"); cpu="${R[$k.cpu_us_per_req]}"; fi
+    echo "| ${LABEL[$k]} | $(f1 "${R[$k.rps8]}") | $(ms "${R[$k.p50]}") | $(ms "${R[$k.p90]}") | $(ms "${R[$k.p99]}") | $added | $(f1 "${R[$k.rps64]}") | $(ms "${R[$k.p99_64]}") | $(ms "${R[$k.p50_1]}") / $(ms "${R[$k.p99_1]}") | $cpu |"
+  done
+  echo
+  echo "| switchyard | throughput vs nginx @$CONNS_TPUT | @$CONNS_LAT | idle RSS | peak RSS (VmHWM) | threads | log bytes/req |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
+  for k in sy_warn sy_info; do
+    echo "| ${LABEL[$k]} | $(ratio "${R[$k.rps64]}" "${R[nginx.rps64]}")× | $(ratio "${R[$k.rps8]}" "${R[nginx.rps8]}")× | $(mib "${R[$k.idle_kib]}") MiB | $(mib "${R[$k.peak_kib]}") MiB | ${R[$k.threads]} | $(awk -v b="${R[$k.log_bytes]}" -v n="${R[$k.req8]}" 'BEGIN { printf "%.0f", b / n }') |"
+  done
+  echo
+  echo "| target | switchyard (RUST_LOG=warn) | switchyard (info) |"
+  echo "|---|---|---|"
+  row() {
+    local title="$1" expr_warn="$2" expr_info="$3" val_warn="$4" val_info="$5"
+    echo "| $title | $(verdict "$expr_warn") ($val_warn) | $(verdict "$expr_info") ($val_info) |"
+  }
+  row "throughput ≥ ${TARGET_RATIO}× nginx @$CONNS_TPUT" \
+    "${R[sy_warn.rps64]} >= $TARGET_RATIO * ${R[nginx.rps64]}" "${R[sy_info.rps64]} >= $TARGET_RATIO * ${R[nginx.rps64]}" \
+    "$(ratio "${R[sy_warn.rps64]}" "${R[nginx.rps64]}")×" "$(ratio "${R[sy_info.rps64]}" "${R[nginx.rps64]}")×"
+  row "p99 added latency < ${TARGET_P99_ADDED_MS} ms @$CONNS_LAT" \
+    "(${R[sy_warn.p99]} - ${R[direct.p99]}) / 1000 < $TARGET_P99_ADDED_MS" "(${R[sy_info.p99]} - ${R[direct.p99]}) / 1000 < $TARGET_P99_ADDED_MS" \
+    "$(added_ms "${R[sy_warn.p99]}" "${R[direct.p99]}") ms" "$(added_ms "${R[sy_info.p99]}" "${R[direct.p99]}") ms"
+  row "peak RSS < ${TARGET_PEAK_MIB} MiB" \
+    "${R[sy_warn.peak_kib]} / 1024 < $TARGET_PEAK_MIB" "${R[sy_info.peak_kib]} / 1024 < $TARGET_PEAK_MIB" \
+    "$(mib "${R[sy_warn.peak_kib]}") MiB" "$(mib "${R[sy_info.peak_kib]}") MiB"
+} >"$REPORT"
+
+echo
+cat "$REPORT"
+echo
+log "written to ${REPORT#"$ROOT"/}"
