@@ -41,16 +41,24 @@ impl AppError {
     }
 }
 
-/// Sets up logging: JSON lines by default, `RUST_LOG` filters.
-pub fn init_tracing(format: &str) {
+/// Sets up logging: JSON lines by default, `RUST_LOG` filters. Lines are
+/// written by a background thread through a buffer, so the request path
+/// never waits on a `write(2)` per log line; a full queue blocks instead of
+/// dropping lines. Keep the guard until exit: dropping it flushes.
+pub fn init_tracing(format: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     if format == "text" {
-        builder.init();
+        builder.with_ansi(false).init();
     } else {
         builder.json().flatten_event(true).with_current_span(false).init();
     }
+    guard
 }
 
 /// The data port's router.
@@ -120,15 +128,16 @@ pub struct Running {
 
 /// Binds both ports, loads the manifests and starts serving.
 pub async fn start(args: Args) -> Result<Running, AppError> {
-    let Args { manifests, listen, admin_listen, drain_timeout, reload_interval, log_format: _ } = args;
+    let Args { manifests, listen, admin_listen, drain_timeout, reload_interval, worker_threads: _, log_format: _ } =
+        args;
     if !manifests.is_dir() {
         return Err(AppError::Config(format!(
             "`--manifests {}` is not a directory: point it at a folder of ModelRoute/ProviderSecret YAML files",
             manifests.display()
         )));
     }
-    let routing = RoutingHandle::default();
     let metrics = Arc::new(Metrics::new());
+    let routing = RoutingHandle::new(metrics.clone());
     let seen = source::fingerprint(&manifests);
     source::load(&manifests, &routing, &metrics, true);
 

@@ -31,6 +31,12 @@ pub struct Args {
     #[arg(long, env = "SWITCHYARD_RELOAD_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub reload_interval: Duration,
 
+    /// Threads serving requests; default: the CPUs this process may use. With
+    /// one, the proxy runs a single-threaded runtime, which saves the
+    /// cross-thread bookkeeping of a work-stealing scheduler.
+    #[arg(long, env = "SWITCHYARD_WORKER_THREADS")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
+
     /// Log format: `json` (one object per line) or `text`.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "json")]
     pub log_format: String,

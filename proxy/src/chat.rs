@@ -26,14 +26,15 @@ use hyper::body::{Frame, Incoming};
 use rand::Rng;
 use routing::table::{Provider, Route, Target};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::errors::{AttemptRecord, Class, ProxyError, UpstreamError};
-use crate::metrics::{FallbackLabels, Metrics, RequestLabels, RouteTargetLabels, TargetLabels, TokenLabels};
+use crate::metrics::{FallbackLabels, Metrics, RequestLabels, RouteTargetLabels};
 use crate::plan::{self, Candidate, Steering};
+use crate::request::ChatRequest;
 use crate::server::{Body, full};
 use crate::sse;
-use crate::state::{Live, RoutingHandle};
+use crate::state::{Live, RoutingHandle, TargetStats};
 use crate::upstream::{Call, Events, Reply, Upstreams};
 
 /// Largest request body accepted (images travel inline as base64).
@@ -72,48 +73,20 @@ async fn serve(
     request_id: &HeaderValue,
     started: Instant,
 ) -> Result<Response<Body>, ProxyError> {
-    let mut body = read_json(body).await?;
-    let alias = match body.get("model") {
-        Some(Value::String(model)) if !model.is_empty() => model.clone(),
-        _ => {
-            return Err(ProxyError::BadRequest {
-                message: "`model` is required: set it to one of the aliases listed by GET /v1/models".into(),
-                param: Some("model"),
-            });
-        }
-    };
-    if !matches!(body.get("messages"), Some(Value::Array(m)) if !m.is_empty()) {
-        return Err(ProxyError::BadRequest {
-            message: "`messages` must be a non-empty array of chat messages".into(),
-            param: Some("messages"),
-        });
-    }
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(ProxyError::BadRequest {
-                message: "`stream` must be true or false".into(),
-                param: Some("stream"),
-            });
-        }
-    };
+    let mut body = ChatRequest::parse(&read_body(body).await?)?;
+    let alias = body.model.clone();
+    let stream = body.stream;
     let live = ctx.routing.snapshot().ok_or(ProxyError::NotReady)?;
     let route = live.snapshot.table.routes.get(&alias).ok_or_else(|| ProxyError::UnknownModel {
         model: alias.clone(),
         known: live.snapshot.table.routes.keys().cloned().collect(),
     })?;
-    let client_wants_usage = stream
-        && body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool) == Some(true);
-    if stream {
-        // Always ask for the usage chunk so tokens and cost can be counted;
-        // it is stripped again below when the client did not ask for it.
-        let options = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(options) = options {
-            options.insert("include_usage".into(), Value::Bool(true));
-        }
-    }
-    let estimated_input = estimate_prompt_tokens(&body);
+    let client_wants_usage = body.client_wants_usage;
+    body.request_usage();
+    // About four bytes a token, JSON punctuation included: a cheap, slightly
+    // high pre-flight estimate for the context-window check; provider usage
+    // is authoritative afterwards.
+    let estimated_input = (body.messages_bytes() as u64).div_ceil(4);
     let sticky = plan::sticky_header_name(route).and_then(|h| headers.get(h)).and_then(|v| v.to_str().ok());
     let plan = plan::plan(&live, route, Steering { sticky, estimated_tokens: estimated_input });
     if plan.candidates.is_empty() {
@@ -128,9 +101,14 @@ async fn serve(
         let outcome = request.try_candidate(candidate, &mut attempts, &mut skipped).await;
         let error = match outcome {
             Ok(answer) => {
+                let Some(stats) = live.target_stats(&candidate.route.alias, &candidate.target.name).cloned() else {
+                    // try_candidate only succeeds for targets with stats.
+                    return Err(ProxyError::NoCandidate { alias, skipped });
+                };
                 let served = Served {
                     ctx: ctx.clone(),
                     live: live.clone(),
+                    stats,
                     alias: route.alias.clone(),
                     route: candidate.route.alias.clone(),
                     target: candidate.target.name.clone(),
@@ -200,54 +178,24 @@ fn record_failure(metrics: &Metrics, request_id: &HeaderValue, started: Instant,
     );
 }
 
-/// Reads and parses the body, with errors a client can act on.
-async fn read_json(body: Incoming) -> Result<Map<String, Value>, ProxyError> {
-    let bytes = http_body_util::Limited::new(body, MAX_BODY_BYTES)
-        .collect()
-        .await
-        .map_err(|e| ProxyError::BadRequest {
-            message: if e.is::<http_body_util::LengthLimitError>() {
-                format!("the request body is larger than {MAX_BODY_BYTES} bytes")
-            } else {
-                format!("cannot read the request body: {e}")
-            },
-            param: None,
-        })?
-        .to_bytes();
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ProxyError::BadRequest { message: "the request body must be a JSON object".into(), param: None }),
-        Err(e) => {
-            Err(ProxyError::BadRequest { message: format!("the request body is not valid JSON: {e}"), param: None })
-        }
-    }
-}
-
-/// About four characters a token: a cheap pre-flight estimate for the
-/// context-window check (provider usage is authoritative afterwards).
-fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
-    let chars: usize = body
-        .get("messages")
-        .and_then(Value::as_array)
-        .map(|messages| {
-            messages
-                .iter()
-                .map(|m| match m.get("content") {
-                    Some(Value::String(s)) => s.len(),
-                    Some(other) => other.to_string().len(),
-                    None => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0);
-    (chars as u64).div_ceil(4)
+/// Reads the whole body, up to [`MAX_BODY_BYTES`].
+async fn read_body(body: Incoming) -> Result<Bytes, ProxyError> {
+    let collected = http_body_util::Limited::new(body, MAX_BODY_BYTES).collect().await.map_err(|e| {
+        let message = if e.is::<http_body_util::LengthLimitError>() {
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes")
+        } else {
+            format!("cannot read the request body: {e}")
+        };
+        ProxyError::BadRequest { message, param: None }
+    })?;
+    Ok(collected.to_bytes())
 }
 
 /// One request's fixed inputs.
 struct Request<'a> {
     ctx: &'a Arc<Context>,
     live: &'a Arc<Live>,
-    body: &'a Map<String, Value>,
+    body: &'a ChatRequest,
     stream: bool,
     request_id: &'a HeaderValue,
     deadline: Instant,
@@ -272,42 +220,38 @@ impl Request<'_> {
         skipped: &mut Vec<String>,
     ) -> Result<Answer, UpstreamError> {
         let Candidate { route, target, .. } = *candidate;
-        let name = format!("`{}/{}`", route.alias, target.name);
+        let name = || format!("`{}/{}`", route.alias, target.name);
         let (Some(provider), Some(stats)) = (
             self.live.snapshot.table.providers.get(&target.provider),
             self.live.target_stats(&route.alias, &target.name),
         ) else {
-            skipped.push(format!("{name}: not in the table"));
+            skipped.push(format!("{}: not in the table", name()));
             return Err(UpstreamError::Protocol("target is not in the table".into()));
         };
         let api_key = self.live.snapshot.credentials.get(&target.provider);
-        let metrics = &self.ctx.metrics;
-        let rt_labels = RouteTargetLabels { route: route.alias.clone(), target: target.name.clone() };
         let mut retry = 0;
         loop {
             if !stats.try_probe(route.circuit_breaker.open_for_ms) {
-                skipped.push(format!("{name}: circuit open"));
+                skipped.push(format!("{}: circuit open", name()));
                 return Err(UpstreamError::Protocol("circuit open".into()));
             }
             let provider_stats = self.live.provider_stats(&target.provider);
             if let Some(Err(limit)) = provider_stats.map(|p| p.try_acquire()) {
-                skipped.push(format!("{name}: provider limit `{limit}` reached"));
+                skipped.push(format!("{}: provider limit `{limit}` reached", name()));
                 return Err(UpstreamError::Protocol(format!("provider limit `{limit}` reached")));
             }
-            let in_flight = metrics.in_flight.get_or_create(&TargetLabels { target: target.name.clone() }).clone();
-            in_flight.inc();
+            stats.metrics.in_flight.inc();
             stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let attempt_started = Instant::now();
             let result = self.attempt(provider, api_key, target, route).await;
             stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-            in_flight.dec();
+            stats.metrics.in_flight.dec();
             if let Some(p) = provider_stats {
                 p.release();
             }
             let error = match result {
                 Ok(answer) => {
                     stats.record_success(u64::try_from(attempt_started.elapsed().as_micros()).unwrap_or(u64::MAX));
-                    metrics.circuit_state.get_or_create(&TargetLabels { target: target.name.clone() }).set(0);
                     attempts.push(self.record(route, target, "ok".into()));
                     return Ok(answer);
                 }
@@ -319,7 +263,6 @@ impl Request<'_> {
                 && stats.record_failure(route.circuit_breaker.consecutive_failures, route.circuit_breaker.open_for_ms)
             {
                 tracing::warn!(route = %route.alias, target = %target.name, "circuit opened after consecutive failures");
-                metrics.circuit_state.get_or_create(&TargetLabels { target: target.name.clone() }).set(1);
             }
             if class != Class::Retry || retry >= route.retry.attempts {
                 return Err(error);
@@ -335,7 +278,7 @@ impl Request<'_> {
             if delay >= remaining {
                 return Err(error);
             }
-            metrics.retries.get_or_create(&rt_labels).inc();
+            stats.metrics.retries.inc();
             tokio::time::sleep(delay).await;
             retry += 1;
         }
@@ -475,8 +418,10 @@ fn classify(data: &str) -> Chunk {
 /// The request's outcome once a target answered.
 struct Served {
     ctx: Arc<Context>,
-    /// Kept so the table (and so the counters) the request started with stays alive.
+    /// Kept so the table the request started with stays alive.
     live: Arc<Live>,
+    /// The serving target's counters and metric handles.
+    stats: Arc<TargetStats>,
     alias: String,
     route: String,
     target: String,
@@ -543,42 +488,26 @@ impl Served {
     /// Counts and logs the request; called exactly once.
     fn finish(self, outcome: Outcome, usage: Option<UsageView>, output_chars: u64, ttft: Option<Duration>) {
         let duration = self.started.elapsed();
-        let metrics = &self.ctx.metrics;
+        let metrics = &self.stats.metrics;
         let (tokens_in, tokens_out, estimated) = match usage {
             Some(u) => (u.prompt_tokens, u.completion_tokens, false),
             None => (self.estimated_input, output_chars.div_ceil(4), true),
         };
-        let code = match outcome {
-            Outcome::Ok => "2xx",
-            Outcome::StreamFailed(_) => "5xx",
-            Outcome::ClientClosed => "499",
+        let (code, counter) = match outcome {
+            Outcome::Ok => ("2xx", &metrics.served),
+            Outcome::StreamFailed(_) => ("5xx", &metrics.broken),
+            Outcome::ClientClosed => ("499", &metrics.client_closed),
         };
-        metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: self.alias.clone(),
-                target: self.target.clone(),
-                provider: self.provider.clone(),
-                code: code.to_owned(),
-            })
-            .inc();
-        let rt = RouteTargetLabels { route: self.alias.clone(), target: self.target.clone() };
-        metrics.duration.get_or_create(&rt).observe(duration.as_secs_f64());
+        counter.inc();
+        metrics.duration.observe(duration.as_secs_f64());
         if let Some(ttft) = ttft {
-            metrics.ttft.get_or_create(&rt).observe(ttft.as_secs_f64());
+            metrics.ttft.observe(ttft.as_secs_f64());
         }
-        for (direction, count) in [("input", tokens_in), ("output", tokens_out)] {
-            metrics
-                .tokens
-                .get_or_create(&TokenLabels {
-                    route: self.alias.clone(),
-                    target: self.target.clone(),
-                    direction: direction.to_owned(),
-                })
-                .inc_by(count);
-        }
+        metrics.tokens_in.inc_by(tokens_in);
+        metrics.tokens_out.inc_by(tokens_out);
         if self.fallback || self.first_choice != self.target {
-            metrics
+            self.ctx
+                .metrics
                 .fallbacks
                 .get_or_create(&FallbackLabels {
                     route: self.alias.clone(),

@@ -16,6 +16,7 @@ pub mod errors;
 pub mod metrics;
 pub mod mock;
 pub mod plan;
+pub mod request;
 pub mod server;
 pub mod source;
 pub mod sse;

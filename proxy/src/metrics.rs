@@ -56,6 +56,25 @@ fn latency_histogram() -> Histogram {
     Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0])
 }
 
+/// One target's series (labels: the route the target belongs to and the
+/// target). Clones share the underlying atomics with the registry.
+#[derive(Clone, Debug)]
+pub struct TargetMetrics {
+    /// Answered (2xx).
+    pub served: Counter,
+    /// Committed streams that broke (counted as 5xx).
+    pub broken: Counter,
+    /// Clients that went away mid-answer (499).
+    pub client_closed: Counter,
+    pub duration: Histogram,
+    pub ttft: Histogram,
+    pub tokens_in: Counter,
+    pub tokens_out: Counter,
+    pub retries: Counter,
+    pub circuit_state: Gauge,
+    pub in_flight: Gauge,
+}
+
 /// Every series the proxy exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -122,6 +141,44 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Handles of every per-target series, resolved once when a table is
+    /// installed so that the request path only touches atomics.
+    pub fn for_target(&self, route: &str, target: &str, provider: &str) -> TargetMetrics {
+        let labels = RouteTargetLabels { route: route.to_owned(), target: target.to_owned() };
+        let requests = |code: &str| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    route: route.to_owned(),
+                    target: target.to_owned(),
+                    provider: provider.to_owned(),
+                    code: code.to_owned(),
+                })
+                .clone()
+        };
+        let tokens = |direction: &str| {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    route: route.to_owned(),
+                    target: target.to_owned(),
+                    direction: direction.to_owned(),
+                })
+                .clone()
+        };
+        let by_target = TargetLabels { target: target.to_owned() };
+        TargetMetrics {
+            served: requests("2xx"),
+            broken: requests("5xx"),
+            client_closed: requests("499"),
+            duration: self.duration.get_or_create(&labels).clone(),
+            ttft: self.ttft.get_or_create(&labels).clone(),
+            tokens_in: tokens("input"),
+            tokens_out: tokens("output"),
+            retries: self.retries.get_or_create(&labels).clone(),
+            circuit_state: self.circuit_state.get_or_create(&by_target).clone(),
+            in_flight: self.in_flight.get_or_create(&by_target).clone(),
+        }
     }
 
     /// Marks `hash` as the installed table.

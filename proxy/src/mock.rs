@@ -58,7 +58,7 @@ struct Completion {
 
 impl Completion {
     fn new(call: &Call<'_>) -> Self {
-        let messages = call.body.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let messages: Vec<Value> = call.body.parsed("messages").unwrap_or_default();
         let prompt_tokens = messages.iter().map(|m| text_of(m).split_whitespace().count()).sum();
         let last_user = messages
             .iter()
@@ -75,7 +75,7 @@ impl Completion {
             .collect();
         let max = ["max_completion_tokens", "max_tokens"]
             .iter()
-            .find_map(|k| call.body.get(*k).and_then(Value::as_u64))
+            .find_map(|k| call.body.parsed::<u64>(k))
             .and_then(|m| usize::try_from(m).ok());
         let mut finish_reason = "stop";
         if let Some(max) = max.filter(|m| *m < words.len()) {
@@ -84,9 +84,8 @@ impl Completion {
         }
         let include_usage = call
             .body
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
+            .parsed::<Value>("stream_options")
+            .and_then(|o| o.get("include_usage").and_then(Value::as_bool))
             .unwrap_or(false);
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let id = format!("chatcmpl-mock{:016x}", crate::plan::fnv1a(last_user.as_bytes()) ^ created);

@@ -13,6 +13,8 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use routing::Snapshot;
 use routing::table::Limits;
 
+use crate::metrics::{Metrics, TargetMetrics};
+
 /// An installed snapshot plus the counters requests update.
 #[derive(Debug)]
 pub struct Live {
@@ -34,13 +36,19 @@ impl Live {
 }
 
 /// Shared handle to the current table. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RoutingHandle {
     current: Arc<ArcSwapOption<Live>>,
     diagnostics: Arc<ArcSwap<Vec<String>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl RoutingHandle {
+    /// An empty handle; per-target series are registered in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { current: Arc::default(), diagnostics: Arc::default(), metrics }
+    }
+
     /// The table in force, or `None` before the first install.
     pub fn snapshot(&self) -> Option<Arc<Live>> {
         self.current.load_full()
@@ -58,7 +66,17 @@ impl RoutingHandle {
             let all = route.targets.iter().chain(route.canary.as_ref().map(|c| &c.target));
             for target in all {
                 let key = (alias.clone(), target.name.clone());
-                let stats = previous.as_ref().and_then(|p| p.targets.get(&key).cloned()).unwrap_or_default();
+                // Carry over only while the target still points at the same
+                // provider: a new backend starts with a closed circuit.
+                let stats = previous
+                    .as_ref()
+                    .and_then(|p| p.targets.get(&key))
+                    .filter(|s| s.provider == target.provider)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        let metrics = self.metrics.for_target(alias, &target.name, &target.provider);
+                        Arc::new(TargetStats::new(target.provider.clone(), metrics))
+                    });
                 targets.insert(key, stats);
             }
         }
@@ -89,9 +107,12 @@ pub fn now_ms() -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Health of one target: circuit breaker, load and latency.
-#[derive(Debug, Default)]
+/// Health of one target: circuit breaker, load and latency, and its metrics.
+#[derive(Debug)]
 pub struct TargetStats {
+    /// The provider key the counters were made for.
+    provider: String,
+    pub metrics: TargetMetrics,
     pub in_flight: AtomicU64,
     consecutive_failures: AtomicU32,
     /// `now_ms()` until which the circuit is open; 0 = closed.
@@ -110,6 +131,17 @@ pub enum Circuit {
 }
 
 impl TargetStats {
+    fn new(provider: String, metrics: TargetMetrics) -> Self {
+        Self {
+            provider,
+            metrics,
+            in_flight: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            latency_ewma_us: AtomicU64::new(0),
+        }
+    }
+
     pub fn circuit(&self) -> Circuit {
         match self.open_until_ms.load(Ordering::Relaxed) {
             0 => Circuit::Closed,
@@ -136,7 +168,9 @@ impl TargetStats {
 
     pub fn record_success(&self, latency_us: u64) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
-        self.open_until_ms.store(0, Ordering::Relaxed);
+        if self.open_until_ms.swap(0, Ordering::Relaxed) != 0 {
+            self.metrics.circuit_state.set(0);
+        }
         let old = self.latency_ewma_us.load(Ordering::Relaxed);
         let new = if old == 0 { latency_us } else { (old * 4 + latency_us) / 5 };
         self.latency_ewma_us.store(new.max(1), Ordering::Relaxed);
@@ -148,6 +182,7 @@ impl TargetStats {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if threshold > 0 && failures >= threshold {
             let was = self.open_until_ms.swap(now_ms() + open_for_ms, Ordering::Relaxed);
+            self.metrics.circuit_state.set(1);
             return was == 0;
         }
         false

@@ -17,10 +17,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use routing::Redacted;
 use routing::table::{Provider, ProviderKind, Target};
-use serde_json::{Map, Value};
 
 use crate::errors::UpstreamError;
 use crate::mock::MockStream;
+use crate::request::ChatRequest;
 use crate::sse;
 
 /// One attempt's request.
@@ -28,8 +28,8 @@ pub struct Call<'a> {
     pub provider: &'a Provider,
     pub api_key: Option<&'a Redacted>,
     pub target: &'a Target,
-    /// The client's request body (a JSON object).
-    pub body: &'a Map<String, Value>,
+    /// The client's request.
+    pub body: &'a ChatRequest,
     pub stream: bool,
     pub request_id: &'a HeaderValue,
 }
@@ -130,18 +130,12 @@ impl Upstreams {
     }
 }
 
-/// The client's body for an OpenAI-shaped upstream.
+/// The client's body for an OpenAI-shaped upstream: the same fields, with
+/// `model` set to the target's model.
 fn openai_body(call: &Call<'_>) -> Vec<u8> {
-    let mut body = call.body.clone();
-    body.insert("model".into(), Value::String(call.target.model.clone()));
-    if call.provider.kind == ProviderKind::Openai
-        && !body.contains_key("max_completion_tokens")
-        && let Some(max) = body.remove("max_tokens")
-    {
-        // OpenAI deprecated `max_tokens`; reasoning models reject it.
-        body.insert("max_completion_tokens".into(), max);
-    }
-    serde_json::to_vec(&body).unwrap_or_default()
+    // OpenAI deprecated `max_tokens`; reasoning models reject it.
+    let rename_max_tokens = call.provider.kind == ProviderKind::Openai && !call.body.contains("max_completion_tokens");
+    call.body.to_upstream_json(&call.target.model, rename_max_tokens)
 }
 
 /// Removes the API key from an upstream error body before it can reach a

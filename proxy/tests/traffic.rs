@@ -237,10 +237,13 @@ spec:
     assert!(message.contains("all 2 attempt(s) for `chat` failed"), "{message}");
     assert_eq!(body["error"]["attempts"].as_array().unwrap().len(), 2, "{body}");
     let (_, metrics) = proxy.admin_get("/metrics").await;
-    let failed = metrics.lines().find(|l| {
-        l.starts_with("switchyard_requests_total{") && l.contains(r#"route="chat""#) && l.contains(r#"code="5xx""#)
-    });
-    assert!(failed.is_some_and(|l| l.ends_with(" 1")), "the failed request was not counted: {metrics}");
+    let failed: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchyard_requests_total{") && l.contains(r#"route="chat""#))
+        .filter(|l| l.contains(r#"code="5xx""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(failed, 1.0, "the failed request was not counted once: {metrics}");
     proxy.stop().await;
 }
 

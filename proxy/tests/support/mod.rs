@@ -42,6 +42,7 @@ impl Proxy {
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             drain_timeout: Duration::from_secs(5),
             reload_interval: Duration::from_millis(50),
+            worker_threads: None,
             log_format: "json".into(),
         };
         let running = proxy::app::start(args).await.unwrap();
