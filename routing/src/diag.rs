@@ -40,6 +40,24 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
+    /// An error about `field` of `object`, filed under `condition`.
+    pub fn error(
+        object: &ObjectRef,
+        condition: Condition,
+        reason: &str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            object: object.clone(),
+            severity: Severity::Error,
+            condition,
+            reason: reason.to_owned(),
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::diag::{Condition, Diagnostic, Severity, reason};
+use crate::diag::{Condition, Diagnostic, reason};
 use crate::table::ObjectRef;
 
 /// A route that made it into the table, with its fallbacks as listed
@@ -140,12 +140,5 @@ fn cycle_through<'a>(
 }
 
 fn error(object: &ObjectRef, reason: &str, field: &str, message: String) -> Diagnostic {
-    Diagnostic {
-        object: object.clone(),
-        severity: Severity::Error,
-        condition: Condition::ResolvedRefs,
-        reason: reason.to_owned(),
-        field: Some(field.to_owned()),
-        message,
-    }
+    Diagnostic::error(object, Condition::ResolvedRefs, reason, field, message)
 }

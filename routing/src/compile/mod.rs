@@ -340,19 +340,18 @@ fn resolve_conflicts<'c, 'a>(claims: &'c [Claim<'a>], diagnostics: &mut Vec<Diag
         let Some((&winner, losers)) = contenders.split_first() else { continue };
         for loser in losers {
             let field = if loser.input.object.spec.model.is_some() { "spec.model" } else { "metadata.name" };
-            diagnostics.push(Diagnostic {
-                object: loser.object.clone(),
-                severity: Severity::Error,
-                condition: Condition::Accepted,
-                reason: reason::CONFLICT.to_owned(),
-                field: Some(field.to_owned()),
-                message: format!(
+            diagnostics.push(Diagnostic::error(
+                &loser.object,
+                Condition::Accepted,
+                reason::CONFLICT,
+                field,
+                format!(
                     "alias `{alias}` is already served by {} ({}); this route is left out, \
                      change `spec.model` or delete one of the routes",
                     named(&winner.object),
                     why_first(winner, loser)
                 ),
-            });
+            ));
         }
         winners.push(winner);
     }
@@ -401,14 +400,13 @@ fn resolve_route(
                 format!("ProviderSecret `{}` does not exist in namespace `{}`", t.provider, object.namespace),
             ),
         };
-        diagnostics.push(Diagnostic {
-            object: object.clone(),
-            severity: Severity::Error,
-            condition: Condition::ResolvedRefs,
-            reason: reason.to_owned(),
-            field: Some(format!("{}.provider", t.field)),
-            message: format!("{what} `{}` is left out: {detail}", t.name),
-        });
+        diagnostics.push(Diagnostic::error(
+            object,
+            Condition::ResolvedRefs,
+            reason,
+            format!("{}.provider", t.field),
+            format!("{what} `{}` is left out: {detail}", t.name),
+        ));
         None
     };
     let targets: Vec<table::Target> = route.targets.iter().filter_map(|t| resolve(t, "target")).collect();
@@ -421,18 +419,17 @@ fn resolve_route(
     });
     let pickable = targets.iter().any(|t| t.weight > 0) || canary.as_ref().is_some_and(|c| c.share == FULL_SHARE);
     if targets.is_empty() || !pickable {
-        diagnostics.push(Diagnostic {
-            object: object.clone(),
-            severity: Severity::Error,
-            condition: Condition::ResolvedRefs,
-            reason: reason::NO_USABLE_TARGET.to_owned(),
-            field: Some("spec.targets".to_owned()),
-            message: format!(
+        diagnostics.push(Diagnostic::error(
+            object,
+            Condition::ResolvedRefs,
+            reason::NO_USABLE_TARGET,
+            "spec.targets",
+            format!(
                 "no usable target is left for alias `{}`: every target with weight > 0 was left out \
                  (see the other ResolvedRefs messages); the route is not served until one of them resolves",
                 route.alias
             ),
-        });
+        ));
         return None;
     }
     Some(table::Route {
@@ -524,14 +521,7 @@ fn compile_provider(
                 },
             };
             if let Some((reason, field, message)) = problem {
-                diagnostics.push(Diagnostic {
-                    object: object.clone(),
-                    severity: Severity::Error,
-                    condition: Condition::ResolvedRefs,
-                    reason: reason.to_owned(),
-                    field: Some(field.to_owned()),
-                    message,
-                });
+                diagnostics.push(Diagnostic::error(object, Condition::ResolvedRefs, reason, field, message));
                 return Err("cannot be used: its API key does not resolve (see its ResolvedRefs condition)".to_owned());
             }
             secret.and_then(|s| s.data.get(&key_ref.key)).map(|value| Redacted::new(value.expose().trim()))
