@@ -133,11 +133,15 @@ async fn serve(
             let limit = Duration::from_millis(route.timeouts.request_ms);
             return Err(ProxyError::Deadline { alias, limit, attempts });
         }
-        last_error = Some(error);
+        // A target that was not tried says nothing about the upstreams: keep
+        // the last real failure for the status and message.
+        if last_error.is_none() || !matches!(error, UpstreamError::NotTried(_)) {
+            last_error = Some(error);
+        }
     }
     Err(match last_error {
-        Some(last) => ProxyError::Exhausted { alias, attempts, last: Box::new(last), skipped },
-        None => ProxyError::NoCandidate { alias, skipped },
+        Some(last) if !attempts.is_empty() => ProxyError::Exhausted { alias, attempts, last: Box::new(last), skipped },
+        _ => ProxyError::NoCandidate { alias, skipped },
     })
 }
 
@@ -226,19 +230,19 @@ impl Request<'_> {
             self.live.target_stats(&route.alias, &target.name),
         ) else {
             skipped.push(format!("{}: not in the table", name()));
-            return Err(UpstreamError::Protocol("target is not in the table".into()));
+            return Err(UpstreamError::NotTried("target is not in the table".into()));
         };
         let api_key = self.live.snapshot.credentials.get(&target.provider);
         let mut retry = 0;
         loop {
             if !stats.try_probe(route.circuit_breaker.open_for_ms) {
                 skipped.push(format!("{}: circuit open", name()));
-                return Err(UpstreamError::Protocol("circuit open".into()));
+                return Err(UpstreamError::NotTried("circuit open".into()));
             }
             let provider_stats = self.live.provider_stats(&target.provider);
             if let Some(Err(limit)) = provider_stats.map(|p| p.try_acquire()) {
                 skipped.push(format!("{}: provider limit `{limit}` reached", name()));
-                return Err(UpstreamError::Protocol(format!("provider limit `{limit}` reached")));
+                return Err(UpstreamError::NotTried(format!("provider limit `{limit}` reached")));
             }
             stats.metrics.in_flight.inc();
             stats.in_flight.fetch_add(1, Ordering::Relaxed);

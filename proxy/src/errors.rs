@@ -32,6 +32,9 @@ pub enum UpstreamError {
     Protocol(String),
     #[error("provider `{0}` is not supported by this proxy yet")]
     Unsupported(&'static str),
+    /// The target was not tried (circuit open, provider limit reached).
+    #[error("not tried: {0}")]
+    NotTried(String),
 }
 
 /// What a failure allows.
@@ -62,7 +65,7 @@ impl UpstreamError {
                     _ => class,
                 }
             }
-            Self::Unsupported(_) => Class::NextTarget,
+            Self::Unsupported(_) | Self::NotTried(_) => Class::NextTarget,
             _ => Class::Retry,
         }
     }
@@ -85,6 +88,7 @@ impl UpstreamError {
             Self::StreamError(_) => "stream_error".into(),
             Self::Protocol(_) => "protocol".into(),
             Self::Unsupported(_) => "unsupported".into(),
+            Self::NotTried(_) => "not_tried".into(),
         }
     }
 }

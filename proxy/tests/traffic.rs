@@ -356,3 +356,27 @@ spec:
     assert!(fake.hits() >= 2, "the attempt timeout should have allowed a retry");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn when_every_circuit_is_open_the_answer_is_503_naming_the_reason_without_calling_upstream() {
+    let fake = FakeOpenAi::start().await;
+    let manifests = http_provider("up", &fake.base_url(), None)
+        + r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: chat}
+spec:
+  targets: [{name: only, provider: up, model: fail-500}]
+  retry: {attempts: 0}
+  circuitBreaker: {consecutiveFailures: 1, openFor: 1h}
+"#;
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    assert_eq!(proxy.chat(&chat_body("chat", false)).await.status(), 502);
+    let response = proxy.chat(&chat_body("chat", false)).await;
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "no_available_target", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("circuit open"), "{body}");
+    assert_eq!(fake.hits(), 1, "an open circuit must keep requests away from the upstream");
+    proxy.stop().await;
+}
