@@ -23,7 +23,7 @@ step "cargo test"
 cargo test --workspace --all-features --locked
 
 step "build binaries for the conformance tests"
-cargo build -p proxy --features testing --bins --locked
+cargo build --workspace --all-features --bins --locked
 
 step "python environment for SDK conformance"
 if [ ! -x .venv/bin/python ]; then

@@ -305,8 +305,16 @@ impl Request<'_> {
         target: &Target,
         route: &Route,
     ) -> Result<Answer, UpstreamError> {
-        let call =
-            Call { provider, api_key, target, body: self.body, stream: self.stream, request_id: self.request_id };
+        let endpoint = self.live.endpoint(&target.provider);
+        let call = Call {
+            provider,
+            api_key,
+            target,
+            body: self.body,
+            stream: self.stream,
+            request_id: self.request_id,
+            endpoint,
+        };
         let timeouts = &route.timeouts;
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         let attempt_limit = Duration::from_millis(timeouts.attempt_ms).min(remaining);
@@ -399,6 +407,20 @@ struct UsageView {
     completion_tokens: u64,
 }
 
+/// The `usage` object of a whole (non-streaming) answer. OpenAI-shaped
+/// answers put it near the end, so it is found by a search from the back and
+/// only that object is parsed; anything unexpected falls back to parsing the
+/// whole answer.
+fn usage_of(body: &[u8]) -> Option<UsageView> {
+    const KEY: &[u8] = b"\"usage\"";
+    let fast = body.windows(KEY.len()).rposition(|w| w == KEY).and_then(|at| {
+        // A key, not text inside a string: `"usage"` then `:`.
+        let rest = body[at + KEY.len()..].trim_ascii_start().strip_prefix(b":")?;
+        serde_json::Deserializer::from_slice(rest).into_iter::<UsageView>().next()?.ok()
+    });
+    fast.or_else(|| serde_json::from_slice::<ChunkView>(body).ok().and_then(|v| v.usage))
+}
+
 fn classify(data: &str) -> Chunk {
     if data == "[DONE]" {
         return Chunk::Done;
@@ -448,7 +470,7 @@ impl Served {
             .header("x-switchyard-attempts", self.attempts);
         match answer {
             Answer::Json(bytes) => {
-                let usage = serde_json::from_slice::<ChunkView>(&bytes).ok().and_then(|v| v.usage);
+                let usage = usage_of(&bytes);
                 let elapsed = self.started.elapsed();
                 self.finish(Outcome::Ok, usage, 0, Some(elapsed));
                 builder = builder.header(http::header::CONTENT_TYPE, "application/json");
@@ -637,5 +659,29 @@ impl Drop for Pump {
         if let Some(served) = self.served.take() {
             served.finish(Outcome::ClientClosed, self.usage, self.output_chars, Some(self.ttft));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_read_from_the_end_of_an_answer_without_being_fooled_by_content() {
+        let body = br#"{"choices":[{"message":{"content":"say \"usage\": {\"prompt_tokens\": 99}"}}],"usage":{"prompt_tokens":9,"completion_tokens":25,"total_tokens":34},"system_fingerprint":"fp"}"#;
+        let usage = usage_of(body).unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (9, 25));
+        assert!(usage_of(br#"{"choices":[],"usage":null}"#).is_none());
+        assert!(usage_of(br#"{"choices":[]}"#).is_none());
+    }
+
+    #[test]
+    fn stream_events_commit_on_content_tool_calls_or_a_finish_reason_only() {
+        assert_eq!(classify(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#), Chunk::Preamble);
+        assert_eq!(classify(r#"{"choices":[{"delta":{"content":"hi"}}]}"#), Chunk::Content);
+        assert_eq!(classify(r#"{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#), Chunk::Content);
+        assert_eq!(classify(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#), Chunk::Content);
+        assert_eq!(classify("[DONE]"), Chunk::Done);
+        assert_eq!(classify(r#"{"error":{"message":"overloaded"}}"#), Chunk::Error("overloaded".into()));
     }
 }

@@ -32,6 +32,9 @@ pub enum UpstreamError {
     Protocol(String),
     #[error("provider `{0}` is not supported by this proxy yet")]
     Unsupported(&'static str),
+    /// The provider's settings cannot make a valid request (bad header, URL, key).
+    #[error("is misconfigured: {0}")]
+    Misconfigured(String),
     /// The target was not tried (circuit open, provider limit reached).
     #[error("not tried: {0}")]
     NotTried(String),
@@ -65,7 +68,7 @@ impl UpstreamError {
                     _ => class,
                 }
             }
-            Self::Unsupported(_) | Self::NotTried(_) => Class::NextTarget,
+            Self::Unsupported(_) | Self::NotTried(_) | Self::Misconfigured(_) => Class::NextTarget,
             _ => Class::Retry,
         }
     }
@@ -89,6 +92,7 @@ impl UpstreamError {
             Self::Protocol(_) => "protocol".into(),
             Self::Unsupported(_) => "unsupported".into(),
             Self::NotTried(_) => "not_tried".into(),
+            Self::Misconfigured(_) => "misconfigured".into(),
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, Visitor};
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -54,8 +54,12 @@ impl ChatRequest {
                 ));
             }
         };
-        let messages = request.get("messages").and_then(|raw| serde_json::from_str::<Vec<IgnoredAny>>(raw.get()).ok());
-        if messages.is_none_or(|m| m.is_empty()) {
+        // A raw value is valid JSON already: an array whose first non-blank
+        // byte after `[` is not `]` is a non-empty array.
+        let non_empty_array = request
+            .get("messages")
+            .is_some_and(|raw| raw.get().strip_prefix('[').is_some_and(|rest| !rest.trim_start().starts_with(']')));
+        if !non_empty_array {
             return Err(bad("`messages` must be a non-empty array of chat messages", Some("messages")));
         }
         request.stream = match request.parsed::<Value>("stream") {

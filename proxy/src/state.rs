@@ -14,6 +14,7 @@ use routing::Snapshot;
 use routing::table::Limits;
 
 use crate::metrics::{Metrics, TargetMetrics};
+use crate::upstream::Endpoint;
 
 /// An installed snapshot plus the counters requests update.
 #[derive(Debug)]
@@ -21,12 +22,18 @@ pub struct Live {
     pub snapshot: Snapshot,
     targets: HashMap<(String, String), Arc<TargetStats>>,
     providers: HashMap<String, Arc<ProviderStats>>,
+    endpoints: HashMap<String, Result<Endpoint, String>>,
 }
 
 impl Live {
     /// Runtime state of a route's target (alias, target name).
     pub fn target_stats(&self, alias: &str, target: &str) -> Option<&Arc<TargetStats>> {
         self.targets.get(&(alias.to_owned(), target.to_owned()))
+    }
+
+    /// The prepared HTTP endpoint of a provider (by provider key); `None` for `mock`.
+    pub fn endpoint(&self, provider: &str) -> Option<&Result<Endpoint, String>> {
+        self.endpoints.get(provider)
     }
 
     /// Runtime state of a provider (by provider key).
@@ -87,7 +94,19 @@ impl RoutingHandle {
                 .unwrap_or_else(|| Arc::new(ProviderStats::new(provider.limits.clone())));
             providers.insert(key.clone(), stats);
         }
-        self.current.store(Some(Arc::new(Live { snapshot, targets, providers })));
+        let endpoints = snapshot
+            .table
+            .providers
+            .iter()
+            .filter_map(|(key, provider)| {
+                let prepared = Endpoint::prepare(provider, snapshot.credentials.get(key))?;
+                if let Err(problem) = &prepared {
+                    tracing::error!(provider = %key, %problem, "provider cannot be called; its targets will be skipped");
+                }
+                Some((key.clone(), prepared))
+            })
+            .collect();
+        self.current.store(Some(Arc::new(Live { snapshot, targets, providers, endpoints })));
     }
 
     /// Findings of the last load, shown on the admin port.

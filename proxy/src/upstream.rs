@@ -32,12 +32,60 @@ pub struct Call<'a> {
     pub body: &'a ChatRequest,
     pub stream: bool,
     pub request_id: &'a HeaderValue,
+    /// The provider's prepared endpoint (`None` for `mock`).
+    pub endpoint: Option<&'a Result<Endpoint, String>>,
 }
+
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// A successful answer's head: a whole JSON body, or events still to come.
 pub enum Reply {
     Json(Bytes),
     Stream(Events),
+}
+
+/// What every request to one provider shares, prepared once per table: the
+/// chat URL and the static headers, credentials included (marked sensitive,
+/// so hyper never logs them).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    chat_uri: http::Uri,
+    headers: HeaderMap,
+}
+
+impl Endpoint {
+    /// Prepares the endpoint of an HTTP provider; `None` for the in-process mock.
+    pub fn prepare(provider: &Provider, api_key: Option<&Redacted>) -> Option<Result<Self, String>> {
+        if provider.kind == ProviderKind::Mock {
+            return None;
+        }
+        Some(Self::build(provider, api_key))
+    }
+
+    fn build(provider: &Provider, api_key: Option<&Redacted>) -> Result<Self, String> {
+        let url = format!("{}/chat/completions", provider.base_url);
+        let chat_uri = url.parse().map_err(|e| format!("`{url}` is not a usable URL: {e}"))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static(concat!("switchyard/", env!("CARGO_PKG_VERSION"))),
+        );
+        for (name, value) in &provider.headers {
+            let name = http::HeaderName::try_from(name.as_str())
+                .map_err(|_| format!("header name `{name}` in `spec.headers` is not a valid HTTP header name"))?;
+            let value = HeaderValue::try_from(value.as_str())
+                .map_err(|_| format!("the value of header `{name}` in `spec.headers` is not a valid header value"))?;
+            headers.insert(name, value);
+        }
+        if let Some(key) = api_key {
+            let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
+                .map_err(|_| "the API key contains characters that cannot be sent in a header".to_owned())?;
+            value.set_sensitive(true);
+            headers.insert(http::header::AUTHORIZATION, value);
+        }
+        Ok(Self { chat_uri, headers })
+    }
 }
 
 /// The HTTP client shared by all attempts (connection pooling per origin).
@@ -83,27 +131,21 @@ impl Upstreams {
     }
 
     async fn send_openai(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
-        let body = openai_body(call);
-        let url = format!("{}/chat/completions", call.provider.base_url);
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(&url)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::USER_AGENT, concat!("switchyard/", env!("CARGO_PKG_VERSION")))
-            .header("x-request-id", call.request_id)
-            .header(http::header::ACCEPT, if call.stream { "text/event-stream" } else { "application/json" });
-        for (name, value) in &call.provider.headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        if let Some(key) = call.api_key {
-            let value = HeaderValue::try_from(format!("Bearer {}", key.expose())).map_err(|_| {
-                UpstreamError::Protocol("the API key contains characters not allowed in a header".into())
-            })?;
-            request = request.header(http::header::AUTHORIZATION, value);
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| UpstreamError::Protocol(format!("cannot build a request to `{url}`: {e}")))?;
+        let endpoint = match call.endpoint {
+            Some(Ok(endpoint)) => endpoint,
+            Some(Err(problem)) => return Err(UpstreamError::Misconfigured(problem.clone())),
+            None => return Err(UpstreamError::Misconfigured("no HTTP endpoint for this provider".into())),
+        };
+        let mut request = Request::new(Full::new(Bytes::from(openai_body(call))));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = endpoint.chat_uri.clone();
+        let headers = request.headers_mut();
+        *headers = endpoint.headers.clone();
+        headers.insert(X_REQUEST_ID, call.request_id.clone());
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static(if call.stream { "text/event-stream" } else { "application/json" }),
+        );
         let response =
             self.client.request(request).await.map_err(|e| UpstreamError::Connect(describe_client_error(&e)))?;
         let (parts, incoming) = response.into_parts();
