@@ -7,6 +7,8 @@
 //!   scripted per request ([`Behaviour`]) or driven by the request's `model` name (see
 //!   [`Behaviour::for_model`]), so routing manifests can pick failure modes without test code.
 
+pub mod fake_anthropic;
 pub mod fake_openai;
 
+pub use fake_anthropic::{AnthropicBehaviour, FakeAnthropic};
 pub use fake_openai::{Behaviour, FakeOpenAi, Recorded};
