@@ -263,7 +263,7 @@ impl Request<'_> {
             };
             attempts.push(self.record(route, target, format!("{}: {error}", error.label())));
             let class = error.class();
-            if class != Class::Final
+            if error.counts_against_target()
                 && stats.record_failure(route.circuit_breaker.consecutive_failures, route.circuit_breaker.open_for_ms)
             {
                 tracing::warn!(route = %route.alias, target = %target.name, "circuit opened after consecutive failures");

@@ -35,6 +35,10 @@ pub enum UpstreamError {
     /// The provider's settings cannot make a valid request (bad header, URL, key).
     #[error("is misconfigured: {0}")]
     Misconfigured(String),
+    /// This provider cannot express the request (e.g. `n > 1` for Anthropic);
+    /// another target may. Says nothing about the target's health.
+    #[error("cannot take this request: {0}")]
+    Untranslatable(String),
     /// The target was not tried (circuit open, provider limit reached).
     #[error("not tried: {0}")]
     NotTried(String),
@@ -68,7 +72,9 @@ impl UpstreamError {
                     _ => class,
                 }
             }
-            Self::Unsupported(_) | Self::NotTried(_) | Self::Misconfigured(_) => Class::NextTarget,
+            Self::Unsupported(_) | Self::NotTried(_) | Self::Misconfigured(_) | Self::Untranslatable(_) => {
+                Class::NextTarget
+            }
             _ => Class::Retry,
         }
     }
@@ -79,6 +85,12 @@ impl UpstreamError {
             Self::Status { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+
+    /// Whether the failure says something about the target's health (and so
+    /// counts towards opening its circuit).
+    pub fn counts_against_target(&self) -> bool {
+        !matches!(self, Self::Untranslatable(_) | Self::NotTried(_)) && self.class() != Class::Final
     }
 
     /// A short label for logs and metrics: `503`, `timeout`, `connect`, ...
@@ -93,6 +105,7 @@ impl UpstreamError {
             Self::Unsupported(_) => "unsupported".into(),
             Self::NotTried(_) => "not_tried".into(),
             Self::Misconfigured(_) => "misconfigured".into(),
+            Self::Untranslatable(_) => "untranslatable".into(),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod server;
 pub mod source;
 pub mod sse;
 pub mod state;
+pub mod translate;
 pub mod upstream;
 
 #[cfg(feature = "testing")]

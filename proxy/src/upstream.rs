@@ -1,10 +1,11 @@
 //! Sending one attempt to one provider and reading its answer.
 //!
-//! For this version the HTTP providers are `openai` and `openai-compatible`
-//! (same wire format); `mock` is served in process by [`crate::mock`]. The
-//! request body is the client's JSON with `model` replaced by the target's
-//! upstream model.
+//! HTTP providers: `openai` and `openai-compatible` (the client's JSON with
+//! `model` replaced by the target's upstream model) and `anthropic`
+//! (translated both ways by [`crate::translate::anthropic`]); `mock` is
+//! served in process by [`crate::mock`].
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +23,8 @@ use crate::errors::UpstreamError;
 use crate::mock::MockStream;
 use crate::request::ChatRequest;
 use crate::sse;
+use crate::translate::TranslateError;
+use crate::translate::anthropic::{self, AnthropicDefaults};
 
 /// One attempt's request.
 pub struct Call<'a> {
@@ -37,6 +40,7 @@ pub struct Call<'a> {
 }
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+const ANTHROPIC_VERSION: http::HeaderName = http::HeaderName::from_static("anthropic-version");
 
 /// A successful answer's head: a whole JSON body, or events still to come.
 pub enum Reply {
@@ -63,7 +67,11 @@ impl Endpoint {
     }
 
     fn build(provider: &Provider, api_key: Option<&Redacted>) -> Result<Self, String> {
-        let url = format!("{}/chat/completions", provider.base_url);
+        let path = match provider.kind {
+            ProviderKind::Anthropic => "/v1/messages",
+            _ => "/chat/completions",
+        };
+        let url = format!("{}{path}", provider.base_url);
         let chat_uri = url.parse().map_err(|e| format!("`{url}` is not a usable URL: {e}"))?;
         let mut headers = HeaderMap::new();
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -78,11 +86,18 @@ impl Endpoint {
                 .map_err(|_| format!("the value of header `{name}` in `spec.headers` is not a valid header value"))?;
             headers.insert(name, value);
         }
+        if provider.kind == ProviderKind::Anthropic && !headers.contains_key(ANTHROPIC_VERSION) {
+            headers.insert(ANTHROPIC_VERSION, HeaderValue::from_static("2023-06-01"));
+        }
         if let Some(key) = api_key {
-            let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
+            let (name, value) = match provider.kind {
+                ProviderKind::Anthropic => (http::HeaderName::from_static("x-api-key"), key.expose().to_owned()),
+                _ => (http::header::AUTHORIZATION, format!("Bearer {}", key.expose())),
+            };
+            let mut value = HeaderValue::try_from(value)
                 .map_err(|_| "the API key contains characters that cannot be sent in a header".to_owned())?;
             value.set_sensitive(true);
-            headers.insert(http::header::AUTHORIZATION, value);
+            headers.insert(name, value);
         }
         Ok(Self { chat_uri, headers })
     }
@@ -126,17 +141,60 @@ impl Upstreams {
         match call.provider.kind {
             ProviderKind::Mock => crate::mock::answer(&call).await,
             ProviderKind::Openai | ProviderKind::OpenaiCompatible => self.send_openai(&call).await,
+            ProviderKind::Anthropic => self.send_anthropic(&call).await,
             other => Err(UpstreamError::Unsupported(other.as_str())),
         }
     }
 
     async fn send_openai(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
+        let incoming = self.post(call, openai_body(call), |_, body| body).await?;
+        if call.stream { Ok(Reply::Stream(Events::http(incoming))) } else { Ok(Reply::Json(read_all(incoming).await?)) }
+    }
+
+    /// Anthropic Messages, translated both ways (see [`crate::translate::anthropic`]).
+    async fn send_anthropic(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
+        let mut body =
+            anthropic::chat_to_messages(&call.body.to_map(), &call.target.model, &AnthropicDefaults::default())
+                .map_err(|error| translate_failure(&error))?;
+        if call.stream {
+            body["stream"] = serde_json::Value::Bool(true);
+        }
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        let error_body = |status, body: Bytes| Bytes::from(anthropic::to_openai_error(status, &body).to_string());
+        let incoming = self.post(call, body, error_body).await?;
+        let alias = &call.body.model;
+        if call.stream {
+            // Always with the usage chunk: the chat handler strips it when
+            // the client did not ask for it, as for OpenAI upstreams.
+            let translator = Box::new(anthropic::StreamTranslator::new(alias, true));
+            Ok(Reply::Stream(Events::Anthropic {
+                body: incoming,
+                parser: sse::Parser::default(),
+                translator,
+                ready: VecDeque::new(),
+            }))
+        } else {
+            let answer = read_all(incoming).await?;
+            let chat = anthropic::messages_to_chat(&answer, alias).map_err(|error| translate_failure(&error))?;
+            Ok(Reply::Json(Bytes::from(chat.to_string())))
+        }
+    }
+
+    /// POSTs `body` to the provider's endpoint and returns the body of a
+    /// successful answer; a failed one becomes [`UpstreamError::Status`]
+    /// with its body passed through `error_body` (to OpenAI's error shape).
+    async fn post(
+        &self,
+        call: &Call<'_>,
+        body: Vec<u8>,
+        error_body: impl FnOnce(u16, Bytes) -> Bytes,
+    ) -> Result<Incoming, UpstreamError> {
         let endpoint = match call.endpoint {
             Some(Ok(endpoint)) => endpoint,
             Some(Err(problem)) => return Err(UpstreamError::Misconfigured(problem.clone())),
             None => return Err(UpstreamError::Misconfigured("no HTTP endpoint for this provider".into())),
         };
-        let mut request = Request::new(Full::new(Bytes::from(openai_body(call))));
+        let mut request = Request::new(Full::new(Bytes::from(body)));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = endpoint.chat_uri.clone();
         let headers = request.headers_mut();
@@ -149,26 +207,47 @@ impl Upstreams {
         let response =
             self.client.request(request).await.map_err(|e| UpstreamError::Connect(describe_client_error(&e)))?;
         let (parts, incoming) = response.into_parts();
-        if !parts.status.is_success() {
-            let body = incoming.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            return Err(UpstreamError::Status {
-                status: parts.status.as_u16(),
-                body: scrub(body, call.api_key),
-                retry_after: retry_after(&parts.headers),
-                should_retry: parts
-                    .headers
-                    .get("x-should-retry")
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| v.eq_ignore_ascii_case("true")),
-            });
+        if parts.status.is_success() {
+            return Ok(incoming);
         }
-        if call.stream {
-            Ok(Reply::Stream(Events::http(incoming)))
-        } else {
-            let body =
-                incoming.collect().await.map_err(|e| UpstreamError::StreamBroken(format!("reading the body: {e}")))?;
-            Ok(Reply::Json(body.to_bytes()))
+        let status = parts.status.as_u16();
+        let body = incoming.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        Err(UpstreamError::Status {
+            status,
+            body: scrub(error_body(status, body), call.api_key),
+            retry_after: retry_after(&parts.headers),
+            should_retry: parts
+                .headers
+                .get("x-should-retry")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.eq_ignore_ascii_case("true")),
+        })
+    }
+}
+
+async fn read_all(incoming: Incoming) -> Result<Bytes, UpstreamError> {
+    let body = incoming.collect().await.map_err(|e| UpstreamError::StreamBroken(format!("reading the body: {e}")))?;
+    Ok(body.to_bytes())
+}
+
+/// What a failed translation means for the request: the client's mistake
+/// (400, final), a gap of this provider (try another target), or a broken
+/// or failing upstream (retry).
+fn translate_failure(error: &TranslateError) -> UpstreamError {
+    match error {
+        TranslateError::InvalidRequest { field, message } => {
+            let body = serde_json::json!({"error": {
+                "message": message, "type": "invalid_request_error", "param": field, "code": null}});
+            UpstreamError::Status {
+                status: 400,
+                body: Bytes::from(body.to_string()),
+                retry_after: None,
+                should_retry: None,
+            }
         }
+        TranslateError::Unsupported { message, .. } => UpstreamError::Untranslatable(message.clone()),
+        TranslateError::InvalidResponse(message) => UpstreamError::Protocol(message.clone()),
+        TranslateError::Upstream { message, .. } => UpstreamError::StreamError(message.clone()),
     }
 }
 
@@ -209,9 +288,37 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     read("retry-after").filter(|v| v.is_finite() && *v >= 0.0).map(Duration::from_secs_f64)
 }
 
+/// The next server-sent event of a response body; `None` at its end.
+async fn next_sse(body: &mut Incoming, parser: &mut sse::Parser) -> Option<Result<sse::Event, UpstreamError>> {
+    loop {
+        if let Some(event) = parser.next_event() {
+            return Some(Ok(event));
+        }
+        match body.frame().await {
+            None => return None,
+            Some(Err(e)) => return Some(Err(UpstreamError::StreamBroken(e.to_string()))),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    parser.push(data);
+                }
+            }
+        }
+    }
+}
+
 /// The events of a streamed answer, from the network or the mock.
 pub enum Events {
-    Http { body: Incoming, parser: sse::Parser },
+    Http {
+        body: Incoming,
+        parser: sse::Parser,
+    },
+    /// Anthropic events, translated into OpenAI chunks as they arrive.
+    Anthropic {
+        body: Incoming,
+        parser: sse::Parser,
+        translator: Box<anthropic::StreamTranslator>,
+        ready: VecDeque<String>,
+    },
     Mock(MockStream),
 }
 
@@ -224,18 +331,18 @@ impl Events {
     pub async fn next(&mut self) -> Option<Result<sse::Event, UpstreamError>> {
         match self {
             Self::Mock(mock) => mock.next().await.map(Ok),
-            Self::Http { body, parser } => loop {
-                if let Some(event) = parser.next_event() {
-                    return Some(Ok(event));
+            Self::Http { body, parser } => next_sse(body, parser).await,
+            Self::Anthropic { body, parser, translator, ready } => loop {
+                if let Some(data) = ready.pop_front() {
+                    return Some(Ok(sse::Event { event: String::new(), data }));
                 }
-                match body.frame().await {
-                    None => return None,
-                    Some(Err(e)) => return Some(Err(UpstreamError::StreamBroken(e.to_string()))),
-                    Some(Ok(frame)) => {
-                        if let Some(data) = frame.data_ref() {
-                            parser.push(data);
-                        }
-                    }
+                let event = match next_sse(body, parser).await? {
+                    Ok(event) => event,
+                    Err(error) => return Some(Err(error)),
+                };
+                match translator.on_event(&event.event, &event.data) {
+                    Ok(chunks) => ready.extend(chunks),
+                    Err(error) => return Some(Err(translate_failure(&error))),
                 }
             },
         }
