@@ -260,6 +260,12 @@ impl ProxyError {
         let headers = response.headers_mut();
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert("x-request-id", request_id.clone());
+        // The last target tried, so that a failed request says where it failed.
+        if let Some(last) = self.attempts().last()
+            && let Ok(target) = HeaderValue::from_str(&last.target)
+        {
+            headers.insert("x-switchyard-target", target);
+        }
         if let Self::Exhausted { last, .. } = &self
             && let Some(delay) = last.retry_after()
         {

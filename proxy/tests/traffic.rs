@@ -232,10 +232,16 @@ spec:
     let response = proxy.chat(&chat_body("chat", false)).await;
     assert_eq!(response.status(), 502);
     assert!(response.headers().contains_key("x-request-id"));
+    let last_tried = response.headers()["x-switchyard-target"].to_str().unwrap().to_owned();
     let body: Value = response.json().await.unwrap();
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("all 2 attempt(s) for `chat` failed"), "{message}");
     assert_eq!(body["error"]["attempts"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(
+        body["error"]["attempts"][1]["target"],
+        last_tried.as_str(),
+        "x-switchyard-target names the last target tried"
+    );
     let (_, metrics) = proxy.admin_get("/metrics").await;
     let failed: f64 = metrics
         .lines()
