@@ -19,6 +19,9 @@ use crate::upstream::{Call, Events, Reply};
 /// Words in the reply when the request sets no `max_tokens`.
 const REPLY_WORDS: usize = 24;
 
+/// Fills the reply up to [`REPLY_WORDS`] after the echoed prompt.
+const FILLER: &str = "-- served by the Switchyard mock provider, one word per token, no model involved.";
+
 pub(crate) async fn answer(call: &Call<'_>) -> Result<Reply, UpstreamError> {
     let settings = call.provider.mock.clone().unwrap_or_default();
     if settings.failure_ppm > 0 && rand::rng().random_range(0..1_000_000) < settings.failure_ppm {
@@ -70,7 +73,7 @@ impl Completion {
             .split_whitespace()
             .map(str::to_owned)
             .chain(last_user.split_whitespace().map(str::to_owned))
-            .chain(std::iter::repeat_n("lorem".to_owned(), REPLY_WORDS))
+            .chain(FILLER.split_whitespace().cycle().map(str::to_owned))
             .take(REPLY_WORDS)
             .collect();
         let max = ["max_completion_tokens", "max_tokens"]
