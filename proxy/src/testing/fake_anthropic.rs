@@ -65,34 +65,23 @@
 //! `cache-control: no-cache`.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body::{Frame, SizeHint};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use http::header::{HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{HeaderMap, Method, Response, StatusCode};
 use rand::Rng;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
-use super::fake_openai::Recorded;
+use super::common::{
+    Ctx, Cut, FakeBody, Prelude, Provider, Recorded, Reply, Server, Step, loopback, push_events, to_json, word_chunks,
+    words, write_json,
+};
 
-/// Interval between text deltas of an [`AnthropicBehaviour::Endless`] stream.
-const ENDLESS_INTERVAL: Duration = Duration::from_millis(20);
 /// `anthropic-version` values the fake accepts.
 const KNOWN_VERSIONS: &[&str] = &["2023-06-01", "2023-01-01"];
 /// `anthropic-organization-id` of every response.
@@ -262,18 +251,12 @@ fn anthropic_error(code: u16) -> (&'static str, String) {
 /// A running fake Anthropic server. Dropping it stops accepting and closes every open
 /// connection (including endless streams).
 pub struct FakeAnthropic {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    /// Never sent on; dropping it wakes the accept loop and every connection task.
-    _shutdown: watch::Sender<()>,
+    server: Server<AnthropicBehaviour>,
 }
 
 impl std::fmt::Debug for FakeAnthropic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeAnthropic")
-            .field("addr", &self.addr)
-            .field("name", &self.shared.name)
-            .finish_non_exhaustive()
+        self.server.debug(f, "FakeAnthropic")
     }
 }
 
@@ -310,55 +293,50 @@ impl FakeAnthropic {
     }
 
     async fn spawn(addr: SocketAddr, name: Option<&str>) -> io::Result<FakeAnthropic> {
-        let shared = Arc::new(Shared::new(name)?);
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let (shutdown, stopped) = watch::channel(());
-        tokio::spawn(accept_loop(listener, Arc::clone(&shared), stopped));
-        Ok(FakeAnthropic { addr, shared, _shutdown: shutdown })
+        Ok(FakeAnthropic { server: Server::start(&ANTHROPIC, addr, name).await? })
     }
 
     /// The address the fake listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://ADDR`, the value for an Anthropic client's base URL: like
     /// `https://api.anthropic.com`, the bare origin, to which clients append `/v1/messages`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addr())
     }
 
     /// The name given at start, if any.
     pub fn name(&self) -> Option<&str> {
-        self.shared.name.as_deref()
+        self.server.name()
     }
 
     /// From now on, requests must send `x-api-key: <key>`; others get Anthropic's 401
     /// `authentication_error`.
     pub fn require_api_key(&self, key: &str) {
-        *self.shared.api_key.write().unwrap_or_else(PoisonError::into_inner) = Some(key.to_owned());
+        self.server.require_api_key(key);
     }
 
     /// Queues `behaviour` for the next valid `POST /v1/messages` request (FIFO). Once the queue
     /// is empty, requests get [`AnthropicBehaviour::for_model`] of their `model` again.
     pub fn push(&self, behaviour: AnthropicBehaviour) {
-        lock(&self.shared.script).push_back(behaviour);
+        self.server.push(behaviour);
     }
 
     /// `POST /v1/messages` requests received so far, including rejected ones.
     pub fn hits(&self) -> usize {
-        self.shared.hits.load(Ordering::SeqCst)
+        self.server.hits()
     }
 
     /// Every request received so far (all paths), oldest first.
     pub fn requests(&self) -> Vec<Recorded> {
-        lock(&self.shared.requests).clone()
+        self.server.requests()
     }
 
     /// Turns request recording on (the default) or off. Off keeps memory flat under load.
     pub fn record_requests(&self, on: bool) {
-        self.shared.record.store(on, Ordering::SeqCst);
+        self.server.record_requests(on);
     }
 
     /// Streams the client abandoned before the fake sent their last byte.
@@ -368,218 +346,72 @@ impl FakeAnthropic {
     /// happens when the connection fails or the client resets the stream. Streams the fake
     /// breaks on purpose ([`AnthropicBehaviour::BreakAfter`]) do not count.
     pub fn cancelled(&self) -> usize {
-        self.shared.cancelled.load(Ordering::SeqCst)
+        self.server.cancelled()
     }
 
     /// Requests whose response is still being produced (for streams: until the last byte was
     /// handed to the connection or the client went away).
     pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(Ordering::SeqCst)
-    }
-}
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
-}
-
-/// Locks `mutex`, ignoring poisoning: the data is plain state a panicking test left behind.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-// === shared state ===
-
-struct Shared {
-    name: Option<String>,
-    api_key: RwLock<Option<String>>,
-    script: Mutex<VecDeque<AnthropicBehaviour>>,
-    requests: Mutex<Vec<Recorded>>,
-    record: AtomicBool,
-    hits: AtomicUsize,
-    cancelled: AtomicUsize,
-    in_flight: AtomicUsize,
-    /// Headers every response starts with (precomputed once; the rate-limit resets are added
-    /// per response).
-    base_headers: HeaderMap,
-}
-
-impl Shared {
-    fn new(name: Option<&str>) -> io::Result<Shared> {
-        let mut base_headers = HeaderMap::new();
-        for (header, value) in [
-            ("anthropic-organization-id", ORGANIZATION_ID),
-            ("anthropic-ratelimit-requests-limit", "4000"),
-            ("anthropic-ratelimit-requests-remaining", "3999"),
-            ("anthropic-ratelimit-tokens-limit", "2400000"),
-            ("anthropic-ratelimit-tokens-remaining", "2400000"),
-            ("anthropic-ratelimit-input-tokens-limit", "2000000"),
-            ("anthropic-ratelimit-input-tokens-remaining", "2000000"),
-            ("anthropic-ratelimit-output-tokens-limit", "400000"),
-            ("anthropic-ratelimit-output-tokens-remaining", "400000"),
-        ] {
-            base_headers.insert(HeaderName::from_static(header), HeaderValue::from_static(value));
-        }
-        if let Some(name) = name {
-            let value = HeaderValue::from_str(name).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("fake upstream name `{name}` is not a valid header value"),
-                )
-            })?;
-            base_headers.insert(HeaderName::from_static("x-fake-upstream"), value);
-        }
-        Ok(Shared {
-            name: name.map(str::to_owned),
-            api_key: RwLock::new(None),
-            script: Mutex::new(VecDeque::new()),
-            requests: Mutex::new(Vec::new()),
-            record: AtomicBool::new(true),
-            hits: AtomicUsize::new(0),
-            cancelled: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
-            base_headers,
-        })
-    }
-
-    fn next_behaviour(&self, model: &str) -> AnthropicBehaviour {
-        lock(&self.script).pop_front().unwrap_or_else(|| AnthropicBehaviour::for_model(model))
-    }
-}
-
-/// Counts a request as in flight until dropped (it travels inside the response body).
-struct InFlight(Arc<Shared>);
-
-impl InFlight {
-    fn enter(shared: &Arc<Shared>) -> InFlight {
-        shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(Arc::clone(shared))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Counts a stream as cancelled if dropped before [`StreamGuard::finish`].
-struct StreamGuard {
-    shared: Arc<Shared>,
-    finished: bool,
-}
-
-impl StreamGuard {
-    fn new(shared: &Arc<Shared>) -> StreamGuard {
-        StreamGuard { shared: Arc::clone(shared), finished: false }
-    }
-
-    fn finish(&mut self) {
-        self.finished = true;
-    }
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.shared.cancelled.fetch_add(1, Ordering::SeqCst);
-        }
+        self.server.in_flight()
     }
 }
 
 // === server ===
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<()>) {
-    loop {
-        let stream = tokio::select! {
-            _ = stop.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    // e.g. out of file descriptors: back off instead of spinning
-                    tracing::warn!(%err, "fake anthropic upstream failed to accept a connection");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        tokio::spawn(serve_connection(stream, Arc::clone(&shared), stop.clone()));
-    }
+/// Anthropic's side of the server: headers, ids, routes.
+static ANTHROPIC: Provider<AnthropicBehaviour> = Provider {
+    label: "anthropic",
+    base_headers: &[
+        ("anthropic-organization-id", ORGANIZATION_ID),
+        ("anthropic-ratelimit-requests-limit", "4000"),
+        ("anthropic-ratelimit-requests-remaining", "3999"),
+        ("anthropic-ratelimit-tokens-limit", "2400000"),
+        ("anthropic-ratelimit-tokens-remaining", "2400000"),
+        ("anthropic-ratelimit-input-tokens-limit", "2000000"),
+        ("anthropic-ratelimit-input-tokens-remaining", "2000000"),
+        ("anthropic-ratelimit-output-tokens-limit", "400000"),
+        ("anthropic-ratelimit-output-tokens-remaining", "400000"),
+    ],
+    request_id_header: "request-id",
+    request_id,
+    per_response_headers: |headers, _| {
+        if let Ok(reset) = HeaderValue::from_str(&rfc3339(SystemTime::now() + Duration::from_secs(1))) {
+            for name in [
+                "anthropic-ratelimit-requests-reset",
+                "anthropic-ratelimit-tokens-reset",
+                "anthropic-ratelimit-input-tokens-reset",
+                "anthropic-ratelimit-output-tokens-reset",
+            ] {
+                headers.insert(HeaderName::from_static(name), reset.clone());
+            }
+        }
+    },
+    is_hit: is_messages,
+    for_model: AnthropicBehaviour::for_model,
+    handle: |ctx, parts, json| Box::pin(handle(ctx, parts, json)),
+};
+
+fn is_messages(method: &Method, path: &str) -> bool {
+    *method == Method::POST && path == "/v1/messages"
 }
 
-async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<()>) {
-    // SSE events must not wait for Nagle
-    if let Err(err) = stream.set_nodelay(true) {
-        tracing::debug!(%err, "fake anthropic upstream could not set TCP_NODELAY");
-    }
-    let service = hyper::service::service_fn(move |req| {
-        let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(handle(shared, req).await) }
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    // Dropping the connection on shutdown closes the socket abruptly, which is what a test
-    // tearing down its upstream wants.
-    tokio::select! {
-        _ = conn => {}
-        _ = stop.changed() => {}
-    }
-}
-
-/// Per-request context, consumed by the response it produces.
-struct Ctx {
-    shared: Arc<Shared>,
-    /// Sent as the `request-id` header and inside the error bodies the fake writes.
-    request_id: String,
-    in_flight: InFlight,
-}
-
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<FakeBody> {
-    let started = Instant::now();
-    let in_flight = InFlight::enter(&shared);
-    let (parts, body) = req.into_parts();
-    let is_messages = parts.method == Method::POST && parts.uri.path() == "/v1/messages";
-    if is_messages {
-        shared.hits.fetch_add(1, Ordering::SeqCst);
-    }
-    // A body that fails mid-read means the client is gone; whatever we answer is never read.
-    let raw = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => Bytes::new(),
-    };
-    let json: Result<Value, serde_json::Error> = serde_json::from_slice(&raw);
-    if shared.record.load(Ordering::SeqCst) {
-        let recorded = Recorded {
-            method: parts.method.to_string(),
-            path: parts.uri.path().to_owned(),
-            query: parts.uri.query().map(str::to_owned),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                .collect(),
-            body: match &json {
-                Ok(json) => json.clone(),
-                Err(_) if raw.is_empty() => Value::Null,
-                Err(_) => Value::String(String::from_utf8_lossy(&raw).into_owned()),
-            },
-            at: started,
-        };
-        lock(&shared.requests).push(recorded);
-    }
-    let ctx = Ctx { shared, request_id: request_id(), in_flight };
-    if !is_messages {
+async fn handle(
+    ctx: Ctx<AnthropicBehaviour>,
+    parts: Parts,
+    json: Result<Value, serde_json::Error>,
+) -> Response<FakeBody> {
+    if !is_messages(&parts.method, parts.uri.path()) {
         return ApiError::new(StatusCode::NOT_FOUND, "not_found_error", "Not Found".to_owned()).reply(ctx);
     }
-    if let Err(err) = check_headers(&ctx.shared, &parts.headers) {
+    if let Err(err) = check_headers(ctx.shared.api_key(), &parts.headers) {
         return err.reply(ctx);
     }
     messages(ctx, json).await
 }
 
-/// Checks `x-api-key` (when one is required), then `anthropic-version`.
-fn check_headers(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks `x-api-key` against `expected` (when a key is required), then `anthropic-version`.
+fn check_headers(expected: Option<String>, headers: &HeaderMap) -> Result<(), ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let expected = shared.api_key.read().unwrap_or_else(PoisonError::into_inner).clone();
     if let Some(expected) = expected {
         let unauthorized =
             |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "authentication_error", message.to_owned());
@@ -670,33 +502,6 @@ fn texts(content: Option<&Value>) -> impl Iterator<Item = &str> {
     single.into_iter().chain(blocks.into_iter().flatten().filter_map(|b| b.get("text").and_then(Value::as_str)))
 }
 
-fn words(text: &str) -> u64 {
-    text.split_whitespace().count() as u64
-}
-
-/// Splits `text` into word chunks that concatenate back to it; every chunk but the first keeps
-/// the whitespace before its word.
-fn word_chunks(text: &str) -> Vec<&str> {
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    let mut in_word = false;
-    for (i, c) in text.char_indices() {
-        if c.is_whitespace() {
-            if in_word {
-                chunks.push(&text[start..i]);
-                start = i;
-                in_word = false;
-            }
-        } else {
-            in_word = true;
-        }
-    }
-    if start < text.len() {
-        chunks.push(&text[start..]);
-    }
-    chunks
-}
-
 fn greeting(model: &str, name: Option<&str>) -> String {
     match name {
         Some(name) => format!("hello from {model} via {name}:"),
@@ -752,7 +557,7 @@ impl Answer {
     }
 }
 
-async fn messages(ctx: Ctx, json: Result<Value, serde_json::Error>) -> Response<FakeBody> {
+async fn messages(ctx: Ctx<AnthropicBehaviour>, json: Result<Value, serde_json::Error>) -> Response<FakeBody> {
     let request = match MessagesRequest::parse(json) {
         Ok(request) => request,
         Err(err) => return err.reply(ctx),
@@ -765,15 +570,19 @@ async fn messages(ctx: Ctx, json: Result<Value, serde_json::Error>) -> Response<
     }
 }
 
-async fn messages_json(ctx: Ctx, request: MessagesRequest, behaviour: AnthropicBehaviour) -> Response<FakeBody> {
+async fn messages_json(
+    ctx: Ctx<AnthropicBehaviour>,
+    request: MessagesRequest,
+    behaviour: AnthropicBehaviour,
+) -> Response<FakeBody> {
     let text = match behaviour {
         AnthropicBehaviour::Text(text) => Some(text),
         other => match non_stream_prelude(other).await {
             Prelude::Answer => None,
-            Prelude::Reply(reply) => return reply.into_response(ctx),
+            Prelude::Reply(reply) => return ctx.reply(reply),
         },
     };
-    let answer = Answer::new(&request, ctx.shared.name.as_deref(), text);
+    let answer = Answer::new(&request, ctx.shared.name(), text);
     let text = answer.text.concat();
     let input = tool_input();
     let mut content = Vec::with_capacity(2);
@@ -800,7 +609,7 @@ async fn messages_json(ctx: Ctx, request: MessagesRequest, behaviour: AnthropicB
             service_tier: Some("standard"),
         },
     });
-    json_reply(ctx, StatusCode::OK, body)
+    ctx.json_reply(StatusCode::OK, body)
 }
 
 /// `{"city":"Oslo"}`, the tool call's input.
@@ -808,36 +617,6 @@ fn tool_input() -> Value {
     let mut input = serde_json::Map::new();
     input.insert("city".to_owned(), Value::from(TOOL_CITY));
     Value::Object(input)
-}
-
-/// How a non-streaming request proceeds under a behaviour.
-enum Prelude {
-    /// Answer normally (after any delay the behaviour asked for).
-    Answer,
-    /// Send this instead.
-    Reply(Reply),
-}
-
-enum Reply {
-    Status { status: u16, body: String, headers: Vec<(String, String)> },
-    Broken,
-}
-
-impl Reply {
-    fn into_response(self, ctx: Ctx) -> Response<FakeBody> {
-        match self {
-            Reply::Status { status, body, headers } => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let mut response = json_reply(ctx, status, Bytes::from(body));
-                add_headers(response.headers_mut(), &headers);
-                response
-            }
-            Reply::Broken => {
-                let body = FakeBody::steps([Step::Abort].into(), None, ctx.in_flight);
-                respond(&ctx.shared, &ctx.request_id, StatusCode::OK, "application/json", body)
-            }
-        }
-    }
 }
 
 /// Applies `behaviour` to a non-streaming request: waits where it says so, or picks the reply.
@@ -862,14 +641,16 @@ async fn non_stream_prelude(behaviour: AnthropicBehaviour) -> Prelude {
     }
 }
 
-async fn messages_stream(ctx: Ctx, request: MessagesRequest, behaviour: AnthropicBehaviour) -> Response<FakeBody> {
-    // Created before any delay, so a client that gives up while we hold the headers back also
-    // counts as a cancelled stream.
-    let mut guard = StreamGuard::new(&ctx.shared);
+async fn messages_stream(
+    ctx: Ctx<AnthropicBehaviour>,
+    request: MessagesRequest,
+    behaviour: AnthropicBehaviour,
+) -> Response<FakeBody> {
+    let mut guard = ctx.stream_guard();
     let text = match &behaviour {
         AnthropicBehaviour::Status { status, body, headers } => {
             guard.finish();
-            return Reply::Status { status: *status, body: body.clone(), headers: headers.clone() }.into_response(ctx);
+            return ctx.reply(Reply::Status { status: *status, body: body.clone(), headers: headers.clone() });
         }
         AnthropicBehaviour::SlowHeaders(delay) => {
             tokio::time::sleep(*delay).await;
@@ -878,21 +659,13 @@ async fn messages_stream(ctx: Ctx, request: MessagesRequest, behaviour: Anthropi
         AnthropicBehaviour::Text(text) => Some(text.clone()),
         _ => None,
     };
-    let answer = Answer::new(&request, ctx.shared.name.as_deref(), text);
+    let answer = Answer::new(&request, ctx.shared.name(), text);
     let steps = stream_steps(&request, &answer, &behaviour);
-    let body = FakeBody::steps(steps, Some(guard), ctx.in_flight);
-    let mut response = respond(&ctx.shared, &ctx.request_id, StatusCode::OK, "text/event-stream", body);
-    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+    ctx.stream_reply(steps, guard)
 }
 
 /// The SSE events of one stream, with the pauses and interruptions `behaviour` asks for.
 fn stream_steps(request: &MessagesRequest, answer: &Answer, behaviour: &AnthropicBehaviour) -> VecDeque<Step> {
-    enum Cut {
-        Pause(Duration),
-        Break,
-        ErrorEvent,
-    }
     let mut steps = VecDeque::with_capacity(answer.text.len() + 16);
     steps.push_back(Step::Data(sse(&StreamEvent::MessageStart {
         message: MessageJson {
@@ -914,13 +687,14 @@ fn stream_steps(request: &MessagesRequest, answer: &Answer, behaviour: &Anthropi
         },
     })));
     if *behaviour == AnthropicBehaviour::Endless {
-        let pieces = if answer.text.is_empty() { vec![" fake".to_owned()] } else { answer.text.clone() };
         steps.push_back(Step::Data(sse(&StreamEvent::ContentBlockStart {
             index: 0,
             content_block: ContentBlockJson::Text { text: "" },
         })));
         steps.push_back(Step::Data(sse(&StreamEvent::Ping)));
-        steps.push_back(Step::Endless(Box::new(EndlessDeltas { pieces, next: 0 })));
+        steps.push_back(Step::endless(answer.text.clone(), |text| {
+            sse(&StreamEvent::ContentBlockDelta { index: 0, delta: DeltaJson::TextDelta { text } })
+        }));
         return steps;
     }
 
@@ -959,67 +733,20 @@ fn stream_steps(request: &MessagesRequest, answer: &Answer, behaviour: &Anthropi
         AnthropicBehaviour::SlowFirstChunk(delay) => Some((0, Cut::Pause(*delay))),
         AnthropicBehaviour::StallAfter { chunks, stall } => Some((*chunks, Cut::Pause(*stall))),
         AnthropicBehaviour::BreakAfter { chunks } => Some((*chunks, Cut::Break)),
-        AnthropicBehaviour::ErrorEventAfter { chunks } => Some((*chunks, Cut::ErrorEvent)),
+        AnthropicBehaviour::ErrorEventAfter { chunks } => {
+            let error = ErrorObject { kind: "overloaded_error", message: OVERLOADED_MESSAGE };
+            Some((*chunks, Cut::ErrorEvent(sse(&StreamEvent::Error { error }))))
+        }
         _ => None,
     };
-    // The cut goes right before delta number `n` (0-based), or after the last delta.
-    let cut = cut.map(|(n, cut)| {
-        let deltas: Vec<usize> = events.iter().enumerate().filter(|(_, (_, d))| *d).map(|(i, _)| i).collect();
-        let at = match deltas.get(n) {
-            Some(at) => *at,
-            None => deltas.last().map_or(ping_at + 1, |last| last + 1),
-        };
-        (at, cut)
-    });
-    // `events.len()` is a valid position too: with no delta at all the cut follows the ping.
-    let positions = events.len() + 1;
-    let mut events = events.into_iter();
-    for i in 0..positions {
-        match &cut {
-            Some((at, Cut::Pause(delay))) if *at == i => steps.push_back(Step::Pause(*delay)),
-            Some((at, Cut::Break)) if *at == i => return break_steps(steps),
-            Some((at, Cut::ErrorEvent)) if *at == i => return error_steps(steps),
-            _ => {}
-        }
-        if let Some((event, _)) = events.next() {
-            steps.push_back(Step::Data(event));
-        }
+    if push_events(&mut steps, events, cut) {
+        steps.push_back(Step::Data(sse(&StreamEvent::MessageDelta {
+            delta: MessageDeltaJson { stop_reason: answer.stop_reason, stop_sequence: () },
+            usage: DeltaUsageJson { output_tokens: answer.output_tokens() },
+        })));
+        steps.push_back(Step::Data(sse(&StreamEvent::MessageStop)));
     }
-    steps.push_back(Step::Data(sse(&StreamEvent::MessageDelta {
-        delta: MessageDeltaJson { stop_reason: answer.stop_reason, stop_sequence: () },
-        usage: DeltaUsageJson { output_tokens: answer.output_tokens() },
-    })));
-    steps.push_back(Step::Data(sse(&StreamEvent::MessageStop)));
     steps
-}
-
-fn break_steps(mut steps: VecDeque<Step>) -> VecDeque<Step> {
-    // let the connection flush what was sent before it breaks
-    steps.push_back(Step::Flush);
-    steps.push_back(Step::Abort);
-    steps
-}
-
-fn error_steps(mut steps: VecDeque<Step>) -> VecDeque<Step> {
-    steps.push_back(Step::Data(sse(&StreamEvent::Error {
-        error: ErrorObject { kind: "overloaded_error", message: OVERLOADED_MESSAGE },
-    })));
-    steps
-}
-
-/// Generates the text deltas of an [`AnthropicBehaviour::Endless`] stream (block 0).
-struct EndlessDeltas {
-    pieces: Vec<String>,
-    next: usize,
-}
-
-impl EndlessDeltas {
-    fn next_delta(&mut self) -> Bytes {
-        let piece = self.pieces.get(self.next % self.pieces.len().max(1));
-        self.next = self.next.wrapping_add(1);
-        let text = piece.map_or(" fake", String::as_str);
-        sse(&StreamEvent::ContentBlockDelta { index: 0, delta: DeltaJson::TextDelta { text } })
-    }
 }
 
 // === responses ===
@@ -1040,65 +767,15 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
     }
 
-    fn reply(self, ctx: Ctx) -> Response<FakeBody> {
+    fn reply(self, ctx: Ctx<AnthropicBehaviour>) -> Response<FakeBody> {
         let body = error_body(self.kind, &self.message, Some(&ctx.request_id));
-        json_reply(ctx, self.status, Bytes::from(body))
+        ctx.json_reply(self.status, Bytes::from(body))
     }
 }
 
 fn error_body(kind: &str, message: &str, request_id: Option<&str>) -> String {
     let json = to_json(&ErrorEnvelope { kind: "error", error: ErrorObject { kind, message }, request_id });
     String::from_utf8_lossy(&json).into_owned()
-}
-
-fn json_reply(ctx: Ctx, status: StatusCode, body: Bytes) -> Response<FakeBody> {
-    let body = FakeBody::full(body, ctx.in_flight);
-    respond(&ctx.shared, &ctx.request_id, status, "application/json", body)
-}
-
-fn respond(
-    shared: &Shared,
-    request_id: &str,
-    status: StatusCode,
-    content_type: &'static str,
-    body: FakeBody,
-) -> Response<FakeBody> {
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.clone_from(&shared.base_headers);
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.insert(HeaderName::from_static("request-id"), id);
-    }
-    if let Ok(reset) = HeaderValue::from_str(&rfc3339(SystemTime::now() + Duration::from_secs(1))) {
-        for name in [
-            "anthropic-ratelimit-requests-reset",
-            "anthropic-ratelimit-tokens-reset",
-            "anthropic-ratelimit-input-tokens-reset",
-            "anthropic-ratelimit-output-tokens-reset",
-        ] {
-            headers.insert(HeaderName::from_static(name), reset.clone());
-        }
-    }
-    response
-}
-
-/// Adds scripted headers: the first value of a name replaces the default, later ones append.
-fn add_headers(headers: &mut HeaderMap, extra: &[(String, String)]) {
-    let mut seen: Vec<HeaderName> = Vec::new();
-    for (name, value) in extra {
-        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) else {
-            tracing::warn!(%name, %value, "fake anthropic upstream skipped an invalid scripted header");
-            continue;
-        };
-        if seen.contains(&name) {
-            headers.append(name, value);
-        } else {
-            headers.insert(name.clone(), value);
-            seen.push(name);
-        }
-    }
 }
 
 fn random_base58(len: usize) -> String {
@@ -1138,13 +815,6 @@ fn rfc3339(time: SystemTime) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-/// Serialises one of this module's wire types.
-fn to_json<T: Serialize>(value: &T) -> Bytes {
-    let mut buf = Vec::with_capacity(512);
-    write_json(&mut buf, value);
-    Bytes::from(buf)
-}
-
 /// `event: <type>\ndata: <json>\n\n`.
 fn sse(event: &StreamEvent<'_>) -> Bytes {
     let mut buf = Vec::with_capacity(256);
@@ -1154,114 +824,6 @@ fn sse(event: &StreamEvent<'_>) -> Bytes {
     write_json(&mut buf, event);
     buf.extend_from_slice(b"\n\n");
     Bytes::from(buf)
-}
-
-fn write_json<T: Serialize>(buf: &mut Vec<u8>, value: &T) {
-    // Our wire types are plain structs with string keys, which serde_json cannot fail to write
-    // into a Vec; should that ever change, send an empty object rather than half a document.
-    let start = buf.len();
-    if serde_json::to_writer(&mut *buf, value).is_err() {
-        buf.truncate(start);
-        buf.extend_from_slice(b"{}");
-    }
-}
-
-// === response body ===
-
-/// One step of a response body.
-enum Step {
-    Data(Bytes),
-    Pause(Duration),
-    /// Returns `Pending` once so the connection flushes what it buffered.
-    Flush,
-    /// Fails the body, which makes hyper drop the connection.
-    Abort,
-    Endless(Box<EndlessDeltas>),
-}
-
-/// The response body of every reply: a script of data, pauses and breaks, played as hyper polls
-/// it. Dropping it early (the client went away) is how cancellations are observed.
-struct FakeBody {
-    steps: VecDeque<Step>,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    exact_len: Option<u64>,
-    stream: Option<StreamGuard>,
-    _in_flight: InFlight,
-}
-
-impl FakeBody {
-    fn full(bytes: Bytes, in_flight: InFlight) -> FakeBody {
-        let exact_len = Some(bytes.len() as u64);
-        let steps = if bytes.is_empty() { VecDeque::new() } else { VecDeque::from([Step::Data(bytes)]) };
-        FakeBody { steps, sleep: None, exact_len, stream: None, _in_flight: in_flight }
-    }
-
-    fn steps(steps: VecDeque<Step>, stream: Option<StreamGuard>, in_flight: InFlight) -> FakeBody {
-        FakeBody { steps, sleep: None, exact_len: None, stream, _in_flight: in_flight }
-    }
-
-    fn finish(&mut self) {
-        if let Some(guard) = &mut self.stream {
-            guard.finish();
-        }
-    }
-}
-
-impl http_body::Body for FakeBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let this = self.get_mut();
-        loop {
-            if let Some(sleep) = &mut this.sleep {
-                if sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                this.sleep = None;
-            }
-            let Some(step) = this.steps.pop_front() else {
-                this.finish();
-                return Poll::Ready(None);
-            };
-            match step {
-                Step::Data(bytes) => {
-                    // The last frame handed over counts as finished, so a client that hangs up
-                    // right after `message_stop` is not a cancellation.
-                    if this.steps.is_empty() {
-                        this.finish();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
-                }
-                Step::Pause(delay) => this.sleep = Some(Box::pin(tokio::time::sleep(delay))),
-                Step::Flush => {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                Step::Abort => {
-                    this.finish();
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "fake upstream broke the stream on purpose",
-                    ))));
-                }
-                Step::Endless(mut deltas) => {
-                    let bytes = deltas.next_delta();
-                    this.steps.push_back(Step::Endless(deltas));
-                    this.sleep = Some(Box::pin(tokio::time::sleep(ENDLESS_INTERVAL)));
-                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.steps.is_empty() && self.sleep.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.exact_len.map_or_else(SizeHint::default, SizeHint::with_exact)
-    }
 }
 
 // === wire types ===
@@ -1375,40 +937,17 @@ struct ErrorObject<'a> {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use bytes::Bytes;
-    use http::{HeaderMap, Method, Request, StatusCode};
-    use http_body_util::{BodyExt, Full};
-    use hyper_util::rt::TokioIo;
+    use http::{Method, StatusCode};
     use serde_json::{Value, json};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpStream;
 
     use super::{AnthropicBehaviour, FakeAnthropic, rfc3339};
+    use crate::testing::common::test_support::{self as support, Got, eventually, read_until};
 
     const VERSION: (&str, &str) = ("anthropic-version", "2023-06-01");
 
-    /// What a hyper HTTP/1.1 client saw.
-    struct Got {
-        status: StatusCode,
-        headers: HeaderMap,
-        /// Body bytes received before the end or the error.
-        body: Vec<u8>,
-        error: Option<hyper::Error>,
-    }
-
     impl Got {
-        fn text(&self) -> String {
-            String::from_utf8(self.body.clone()).unwrap()
-        }
-
-        fn json(&self) -> Value {
-            serde_json::from_slice(&self.body).unwrap()
-        }
-
-        fn header(&self, name: &str) -> &str {
-            self.headers[name].to_str().unwrap()
-        }
-
         /// The error body Anthropic sends for `kind` and `message`, with this reply's request id.
         fn expected_error(&self, kind: &str, message: &str) -> String {
             format!(
@@ -1419,35 +958,7 @@ mod tests {
     }
 
     async fn send(fake: &FakeAnthropic, method: Method, path: &str, headers: &[(&str, &str)], body: String) -> Got {
-        let stream = TcpStream::connect(fake.addr()).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-        tokio::spawn(conn);
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", fake.addr().to_string())
-            .header("content-type", "application/json");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = sender.send_request(request.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap();
-        let (parts, mut body) = response.into_parts();
-        let mut bytes = Vec::new();
-        let mut error = None;
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(frame) => {
-                    if let Ok(data) = frame.into_data() {
-                        bytes.extend_from_slice(&data);
-                    }
-                }
-                Err(err) => {
-                    error = Some(err);
-                    break;
-                }
-            }
-        }
-        Got { status: parts.status, headers: parts.headers, body: bytes, error }
+        support::send(fake.addr(), method, path, headers, body).await
     }
 
     /// `POST /v1/messages` with `anthropic-version: 2023-06-01`.
@@ -1459,40 +970,10 @@ mod tests {
         json!({"model": model, "max_tokens": 1024, "messages": [{"role": "user", "content": "hi"}], "stream": stream})
     }
 
-    /// Writes a raw HTTP/1.1 keep-alive request, so only the server can close the connection.
+    /// Writes a raw HTTP/1.1 keep-alive `POST /v1/messages` (with `anthropic-version`), so only
+    /// the server can close the connection.
     async fn raw_post(fake: &FakeAnthropic, body: &Value) -> TcpStream {
-        let mut stream = TcpStream::connect(fake.addr()).await.unwrap();
-        let body = body.to_string();
-        let request = format!(
-            "POST /v1/messages HTTP/1.1\r\nhost: {}\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            fake.addr(),
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        stream
-    }
-
-    /// Reads until `done(bytes so far)`, failing after 5 s.
-    async fn read_until(stream: &mut TcpStream, buf: &mut Vec<u8>, done: impl Fn(&str) -> bool) {
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while !done(&String::from_utf8_lossy(buf)) {
-                let mut chunk = [0_u8; 4096];
-                let n = stream.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "connection closed early: {}", String::from_utf8_lossy(buf));
-                buf.extend_from_slice(&chunk[..n]);
-            }
-        })
-        .await
-        .unwrap();
-    }
-
-    /// Polls `condition` every 10 ms for up to 5 s.
-    async fn eventually(what: &str, condition: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !condition() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        support::raw_post(fake.addr(), "/v1/messages", &[VERSION], body).await
     }
 
     /// The `(event, data)` pairs of a complete SSE body.

@@ -51,33 +51,26 @@
 //! `x-fake-upstream: <name>`. Streams are `text/event-stream` with `cache-control: no-cache`.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body::{Frame, SizeHint};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{HeaderMap, Method, Response, StatusCode};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
-/// Interval between content chunks of a [`Behaviour::Endless`] stream.
-const ENDLESS_INTERVAL: Duration = Duration::from_millis(20);
+pub use super::common::Recorded;
+use super::common::{
+    Ctx, Cut, FakeBody, Prelude, Provider, Reply, Server, Step, loopback, push_events, to_json, word_chunks, words,
+    write_json,
+};
+
 /// `system_fingerprint` of every completion and chunk.
 const SYSTEM_FINGERPRINT: &str = "fp_fa4e0a1b2c";
 /// `created` of the entries in `GET /v1/models`.
@@ -260,51 +253,17 @@ fn openai_error(code: u16) -> (String, Vec<(String, String)>) {
     (error_body(message, kind, None, code_field), headers)
 }
 
-// === Recorded ===
-
-/// One request as the fake received it.
-#[derive(Clone, Debug)]
-pub struct Recorded {
-    /// HTTP method, e.g. `POST`.
-    pub method: String,
-    /// URI path, e.g. `/v1/chat/completions`.
-    pub path: String,
-    /// URI query without the `?`, if any.
-    pub query: Option<String>,
-    /// Request headers in arrival order; names are lowercase, values decoded lossily.
-    pub headers: Vec<(String, String)>,
-    /// The body parsed as JSON; `Null` when empty, a JSON string of the raw text when not JSON.
-    pub body: Value,
-    /// When the request arrived.
-    pub at: Instant,
-}
-
-impl Recorded {
-    /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    /// The body's `model`, if it has one.
-    pub fn model(&self) -> Option<&str> {
-        self.body.get("model").and_then(Value::as_str)
-    }
-}
-
 // === FakeOpenAi ===
 
 /// A running fake OpenAI server. Dropping it stops accepting and closes every open connection
 /// (including endless streams).
 pub struct FakeOpenAi {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    /// Never sent on; dropping it wakes the accept loop and every connection task.
-    _shutdown: watch::Sender<()>,
+    server: Server<Behaviour>,
 }
 
 impl std::fmt::Debug for FakeOpenAi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeOpenAi").field("addr", &self.addr).field("name", &self.shared.name).finish_non_exhaustive()
+        self.server.debug(f, "FakeOpenAi")
     }
 }
 
@@ -341,55 +300,50 @@ impl FakeOpenAi {
     }
 
     async fn spawn(addr: SocketAddr, name: Option<&str>) -> io::Result<FakeOpenAi> {
-        let shared = Arc::new(Shared::new(name)?);
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let (shutdown, stopped) = watch::channel(());
-        tokio::spawn(accept_loop(listener, Arc::clone(&shared), stopped));
-        Ok(FakeOpenAi { addr, shared, _shutdown: shutdown })
+        Ok(FakeOpenAi { server: Server::start(&OPENAI, addr, name).await? })
     }
 
     /// The address the fake listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://ADDR/v1`, the value for an OpenAI client's `base_url`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("http://{}/v1", self.addr())
     }
 
     /// The name given at start, if any.
     pub fn name(&self) -> Option<&str> {
-        self.shared.name.as_deref()
+        self.server.name()
     }
 
     /// From now on, requests must send `Authorization: Bearer <key>`; others get OpenAI's 401
     /// `invalid_api_key`.
     pub fn require_api_key(&self, key: &str) {
-        *self.shared.api_key.write().unwrap_or_else(PoisonError::into_inner) = Some(key.to_owned());
+        self.server.require_api_key(key);
     }
 
     /// Queues `behaviour` for the next chat or embeddings request (FIFO). Once the queue is
     /// empty, requests get [`Behaviour::for_model`] of their `model` again.
     pub fn push(&self, behaviour: Behaviour) {
-        lock(&self.shared.script).push_back(behaviour);
+        self.server.push(behaviour);
     }
 
     /// `POST /v1/chat/completions` requests received so far, including rejected ones.
     pub fn hits(&self) -> usize {
-        self.shared.hits.load(Ordering::SeqCst)
+        self.server.hits()
     }
 
     /// Every request received so far (all paths), oldest first.
     pub fn requests(&self) -> Vec<Recorded> {
-        lock(&self.shared.requests).clone()
+        self.server.requests()
     }
 
     /// Turns request recording on (the default) or off. Off keeps memory flat under load; the
     /// `fake-openai` binary runs with it off.
     pub fn record_requests(&self, on: bool) {
-        self.shared.record.store(on, Ordering::SeqCst);
+        self.server.record_requests(on);
     }
 
     /// Streams the client abandoned before the fake sent their last byte.
@@ -399,167 +353,41 @@ impl FakeOpenAi {
     /// happens when the connection fails or the client resets the stream. Streams the fake
     /// breaks on purpose ([`Behaviour::BreakAfter`]) do not count.
     pub fn cancelled(&self) -> usize {
-        self.shared.cancelled.load(Ordering::SeqCst)
+        self.server.cancelled()
     }
 
     /// Requests whose response is still being produced (for streams: until the last byte was
     /// handed to the connection or the client went away).
     pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(Ordering::SeqCst)
-    }
-}
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
-}
-
-/// Locks `mutex`, ignoring poisoning: the data is plain state a panicking test left behind.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-// === shared state ===
-
-struct Shared {
-    name: Option<String>,
-    api_key: RwLock<Option<String>>,
-    script: Mutex<VecDeque<Behaviour>>,
-    requests: Mutex<Vec<Recorded>>,
-    record: AtomicBool,
-    hits: AtomicUsize,
-    cancelled: AtomicUsize,
-    in_flight: AtomicUsize,
-    /// Headers every response starts with (precomputed once).
-    base_headers: HeaderMap,
-}
-
-impl Shared {
-    fn new(name: Option<&str>) -> io::Result<Shared> {
-        let mut base_headers = HeaderMap::new();
-        for (header, value) in [
-            ("openai-organization", "user-fake"),
-            ("openai-version", "2020-10-01"),
-            ("x-ratelimit-limit-requests", "10000"),
-            ("x-ratelimit-limit-tokens", "30000000"),
-            ("x-ratelimit-remaining-requests", "9999"),
-            ("x-ratelimit-remaining-tokens", "29999000"),
-            ("x-ratelimit-reset-requests", "6ms"),
-            ("x-ratelimit-reset-tokens", "2ms"),
-        ] {
-            base_headers.insert(HeaderName::from_static(header), HeaderValue::from_static(value));
-        }
-        if let Some(name) = name {
-            let value = HeaderValue::from_str(name).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("fake upstream name `{name}` is not a valid header value"),
-                )
-            })?;
-            base_headers.insert(HeaderName::from_static("x-fake-upstream"), value);
-        }
-        Ok(Shared {
-            name: name.map(str::to_owned),
-            api_key: RwLock::new(None),
-            script: Mutex::new(VecDeque::new()),
-            requests: Mutex::new(Vec::new()),
-            record: AtomicBool::new(true),
-            hits: AtomicUsize::new(0),
-            cancelled: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
-            base_headers,
-        })
-    }
-
-    fn next_behaviour(&self, model: &str) -> Behaviour {
-        lock(&self.script).pop_front().unwrap_or_else(|| Behaviour::for_model(model))
-    }
-}
-
-/// Counts a request as in flight until dropped (it travels inside the response body).
-struct InFlight(Arc<Shared>);
-
-impl InFlight {
-    fn enter(shared: &Arc<Shared>) -> InFlight {
-        shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(Arc::clone(shared))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Counts a stream as cancelled if dropped before [`StreamGuard::finish`].
-struct StreamGuard {
-    shared: Arc<Shared>,
-    finished: bool,
-}
-
-impl StreamGuard {
-    fn new(shared: &Arc<Shared>) -> StreamGuard {
-        StreamGuard { shared: Arc::clone(shared), finished: false }
-    }
-
-    fn finish(&mut self) {
-        self.finished = true;
-    }
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.shared.cancelled.fetch_add(1, Ordering::SeqCst);
-        }
+        self.server.in_flight()
     }
 }
 
 // === server ===
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<()>) {
-    loop {
-        let stream = tokio::select! {
-            _ = stop.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    // e.g. out of file descriptors: back off instead of spinning
-                    tracing::warn!(%err, "fake openai upstream failed to accept a connection");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        tokio::spawn(serve_connection(stream, Arc::clone(&shared), stop.clone()));
-    }
-}
-
-async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<()>) {
-    // SSE events must not wait for Nagle
-    if let Err(err) = stream.set_nodelay(true) {
-        tracing::debug!(%err, "fake openai upstream could not set TCP_NODELAY");
-    }
-    let service = hyper::service::service_fn(move |req| {
-        let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(handle(shared, req).await) }
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    // Dropping the connection on shutdown closes the socket abruptly, which is what a test
-    // tearing down its upstream wants.
-    tokio::select! {
-        _ = conn => {}
-        _ = stop.changed() => {}
-    }
-}
-
-/// Per-request context, consumed by the response it produces.
-struct Ctx {
-    shared: Arc<Shared>,
-    started: Instant,
-    in_flight: InFlight,
-}
+/// OpenAI's side of the server: headers, ids, routes.
+static OPENAI: Provider<Behaviour> = Provider {
+    label: "openai",
+    base_headers: &[
+        ("openai-organization", "user-fake"),
+        ("openai-version", "2020-10-01"),
+        ("x-ratelimit-limit-requests", "10000"),
+        ("x-ratelimit-limit-tokens", "30000000"),
+        ("x-ratelimit-remaining-requests", "9999"),
+        ("x-ratelimit-remaining-tokens", "29999000"),
+        ("x-ratelimit-reset-requests", "6ms"),
+        ("x-ratelimit-reset-tokens", "2ms"),
+    ],
+    request_id_header: "x-request-id",
+    request_id,
+    per_response_headers: |headers, started| {
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        headers.insert(HeaderName::from_static("openai-processing-ms"), HeaderValue::from(elapsed_ms));
+    },
+    is_hit: |method, path| Endpoint::of(method, path) == Endpoint::Chat,
+    for_model: Behaviour::for_model,
+    handle: |ctx, parts, json| Box::pin(handle(ctx, parts, json.ok())),
+};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
@@ -582,52 +410,22 @@ impl Endpoint {
     }
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<FakeBody> {
-    let started = Instant::now();
-    let in_flight = InFlight::enter(&shared);
-    let (parts, body) = req.into_parts();
+async fn handle(ctx: Ctx<Behaviour>, parts: Parts, json: Option<Value>) -> Response<FakeBody> {
     let endpoint = Endpoint::of(&parts.method, parts.uri.path());
-    if endpoint == Endpoint::Chat {
-        shared.hits.fetch_add(1, Ordering::SeqCst);
-    }
-    // A body that fails mid-read means the client is gone; whatever we answer is never read.
-    let raw = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => Bytes::new(),
-    };
-    let json = parse_body(&raw);
-    if shared.record.load(Ordering::SeqCst) {
-        let recorded = Recorded {
-            method: parts.method.to_string(),
-            path: parts.uri.path().to_owned(),
-            query: parts.uri.query().map(str::to_owned),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                .collect(),
-            body: json.clone().unwrap_or_else(|| {
-                if raw.is_empty() { Value::Null } else { Value::String(String::from_utf8_lossy(&raw).into_owned()) }
-            }),
-            at: started,
-        };
-        lock(&shared.requests).push(recorded);
-    }
-    let ctx = Ctx { shared, started, in_flight };
     if endpoint != Endpoint::Unknown
-        && let Err(err) = check_api_key(&ctx.shared, &parts.headers)
+        && let Err(err) = check_api_key(ctx.shared.api_key(), &parts.headers)
     {
         return err.reply(ctx);
     }
     match endpoint {
         Endpoint::Chat => chat(ctx, json).await,
         Endpoint::Embeddings => embeddings(ctx, json).await,
-        Endpoint::Models => json_reply(ctx, StatusCode::OK, MODELS_BODY.clone()),
+        Endpoint::Models => ctx.json_reply(StatusCode::OK, MODELS_BODY.clone()),
         Endpoint::Model => {
             let id = parts.uri.path().trim_start_matches("/v1/models/");
             let owned_by = LISTED_MODELS.iter().find(|(m, _)| *m == id).map_or("system", |(_, o)| *o);
             let body = to_json(&ModelJson { id, object: "model", created: MODELS_CREATED, owned_by });
-            json_reply(ctx, StatusCode::OK, body)
+            ctx.json_reply(StatusCode::OK, body)
         }
         Endpoint::Unknown => {
             let message = format!("Invalid URL ({} {})", parts.method, parts.uri.path());
@@ -636,13 +434,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<FakeBod
     }
 }
 
-fn parse_body(raw: &[u8]) -> Option<Value> {
-    if raw.is_empty() { None } else { serde_json::from_slice(raw).ok() }
-}
-
-fn check_api_key(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
-    let expected = shared.api_key.read().unwrap_or_else(PoisonError::into_inner);
-    let Some(expected) = expected.as_deref() else {
+/// Checks `Authorization: Bearer` against `expected`, the key requests must send (if any).
+fn check_api_key(expected: Option<String>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = expected else {
         return Ok(());
     };
     let given = headers
@@ -753,33 +547,6 @@ fn message_words(message: &Value) -> u64 {
     }
 }
 
-fn words(text: &str) -> u64 {
-    text.split_whitespace().count() as u64
-}
-
-/// Splits `text` into word chunks that concatenate back to it; every chunk but the first keeps
-/// the whitespace before its word.
-fn word_chunks(text: &str) -> Vec<&str> {
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    let mut in_word = false;
-    for (i, c) in text.char_indices() {
-        if c.is_whitespace() {
-            if in_word {
-                chunks.push(&text[start..i]);
-                start = i;
-                in_word = false;
-            }
-        } else {
-            in_word = true;
-        }
-    }
-    if start < text.len() {
-        chunks.push(&text[start..]);
-    }
-    chunks
-}
-
 fn default_text(model: &str, name: Option<&str>) -> String {
     match name {
         Some(name) => format!("hello from {model} via {name}: this is a fake completion"),
@@ -799,7 +566,7 @@ fn answer(text: &str, max_tokens: Option<usize>) -> (Vec<&str>, &'static str) {
     }
 }
 
-async fn chat(ctx: Ctx, json: Option<Value>) -> Response<FakeBody> {
+async fn chat(ctx: Ctx<Behaviour>, json: Option<Value>) -> Response<FakeBody> {
     let request = match ChatRequest::parse(json) {
         Ok(request) => request,
         Err(err) => return err.reply(ctx),
@@ -808,12 +575,12 @@ async fn chat(ctx: Ctx, json: Option<Value>) -> Response<FakeBody> {
     if request.stream { chat_stream(ctx, request, behaviour).await } else { chat_json(ctx, request, behaviour).await }
 }
 
-async fn chat_json(ctx: Ctx, request: ChatRequest, behaviour: Behaviour) -> Response<FakeBody> {
+async fn chat_json(ctx: Ctx<Behaviour>, request: ChatRequest, behaviour: Behaviour) -> Response<FakeBody> {
     let text = match behaviour {
         Behaviour::Text(text) => text,
         other => match non_stream_prelude(other).await {
-            Prelude::Answer => default_text(&request.model, ctx.shared.name.as_deref()),
-            Prelude::Reply(reply) => return reply.into_response(ctx),
+            Prelude::Answer => default_text(&request.model, ctx.shared.name()),
+            Prelude::Reply(reply) => return ctx.reply(reply),
         },
     };
     let (chunks, finish_reason) = answer(&text, request.max_tokens);
@@ -834,40 +601,11 @@ async fn chat_json(ctx: Ctx, request: ChatRequest, behaviour: Behaviour) -> Resp
         service_tier: "default",
         system_fingerprint: SYSTEM_FINGERPRINT,
     });
-    json_reply(ctx, StatusCode::OK, body)
+    ctx.json_reply(StatusCode::OK, body)
 }
 
-/// How a non-streaming request (chat or embeddings) proceeds under a behaviour.
-enum Prelude {
-    /// Answer normally (after any delay the behaviour asked for).
-    Answer,
-    /// Send this instead.
-    Reply(Reply),
-}
-
-enum Reply {
-    Status { status: u16, body: String, headers: Vec<(String, String)> },
-    Broken,
-}
-
-impl Reply {
-    fn into_response(self, ctx: Ctx) -> Response<FakeBody> {
-        match self {
-            Reply::Status { status, body, headers } => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let mut response = json_reply(ctx, status, Bytes::from(body));
-                add_headers(response.headers_mut(), &headers);
-                response
-            }
-            Reply::Broken => {
-                let body = FakeBody::steps([Step::Abort].into(), None, ctx.in_flight);
-                respond(&ctx.shared, ctx.started, StatusCode::OK, "application/json", body)
-            }
-        }
-    }
-}
-
-/// Applies `behaviour` to a non-streaming request: waits where it says so, or picks the reply.
+/// Applies `behaviour` to a non-streaming request (chat or embeddings): waits where it says so,
+/// or picks the reply.
 /// [`Behaviour::Text`] is treated as [`Behaviour::Ok`] here; chat handles it before.
 async fn non_stream_prelude(behaviour: Behaviour) -> Prelude {
     match behaviour {
@@ -888,21 +626,19 @@ async fn non_stream_prelude(behaviour: Behaviour) -> Prelude {
     }
 }
 
-async fn chat_stream(ctx: Ctx, request: ChatRequest, behaviour: Behaviour) -> Response<FakeBody> {
-    // Created before any delay, so a client that gives up while we hold the headers back also
-    // counts as a cancelled stream.
-    let mut guard = StreamGuard::new(&ctx.shared);
+async fn chat_stream(ctx: Ctx<Behaviour>, request: ChatRequest, behaviour: Behaviour) -> Response<FakeBody> {
+    let mut guard = ctx.stream_guard();
     let text = match &behaviour {
         Behaviour::Status { status, body, headers } => {
             guard.finish();
-            return Reply::Status { status: *status, body: body.clone(), headers: headers.clone() }.into_response(ctx);
+            return ctx.reply(Reply::Status { status: *status, body: body.clone(), headers: headers.clone() });
         }
         Behaviour::SlowHeaders(delay) => {
             tokio::time::sleep(*delay).await;
-            default_text(&request.model, ctx.shared.name.as_deref())
+            default_text(&request.model, ctx.shared.name())
         }
         Behaviour::Text(text) => text.clone(),
-        _ => default_text(&request.model, ctx.shared.name.as_deref()),
+        _ => default_text(&request.model, ctx.shared.name()),
     };
     let writer = ChunkWriter {
         id: completion_id(),
@@ -914,10 +650,7 @@ async fn chat_stream(ctx: Ctx, request: ChatRequest, behaviour: Behaviour) -> Re
     let (chunks, finish_reason) = answer(&text, request.max_tokens);
     let usage = Usage::new(request.prompt_tokens, chunks.len() as u64);
     let steps = stream_steps(writer, &chunks, finish_reason, &usage, &behaviour);
-    let body = FakeBody::steps(steps, Some(guard), ctx.in_flight);
-    let mut response = respond(&ctx.shared, ctx.started, StatusCode::OK, "text/event-stream", body);
-    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+    ctx.stream_reply(steps, guard)
 }
 
 /// The SSE events of one stream, with the pauses and interruptions `behaviour` asks for.
@@ -928,59 +661,31 @@ fn stream_steps(
     usage: &Usage,
     behaviour: &Behaviour,
 ) -> VecDeque<Step> {
-    enum Cut {
-        Stall(Duration),
-        Break,
-        ErrorEvent,
-    }
     let mut steps = VecDeque::with_capacity(chunks.len() + 6);
     steps.push_back(Step::Data(writer.role_chunk()));
     let cut = match behaviour {
         Behaviour::Endless => {
-            let pieces = if chunks.is_empty() {
-                vec![" fake".to_owned()]
-            } else {
-                chunks.iter().map(|c| (*c).to_owned()).collect()
-            };
-            steps.push_back(Step::Endless(Box::new(EndlessChunks { writer, pieces, next: 0 })));
+            let pieces = chunks.iter().map(|c| (*c).to_owned()).collect();
+            steps.push_back(Step::endless(pieces, move |piece| writer.content_chunk(piece)));
             return steps;
         }
-        Behaviour::SlowFirstChunk(delay) => {
-            steps.push_back(Step::Pause(*delay));
-            None
-        }
-        Behaviour::StallAfter { chunks: n, stall } => Some((*n, Cut::Stall(*stall))),
+        Behaviour::SlowFirstChunk(delay) => Some((0, Cut::Pause(*delay))),
+        Behaviour::StallAfter { chunks: n, stall } => Some((*n, Cut::Pause(*stall))),
         Behaviour::BreakAfter { chunks: n } => Some((*n, Cut::Break)),
-        Behaviour::ErrorEventAfter { chunks: n } => Some((*n, Cut::ErrorEvent)),
+        Behaviour::ErrorEventAfter { chunks: n } => {
+            let error = ErrorObject { message: SERVER_ERROR_MESSAGE, kind: "server_error", param: None, code: None };
+            Some((*n, Cut::ErrorEvent(Bytes::from(sse_event(&ErrorEnvelope { error })))))
+        }
         _ => None,
     };
-    let cut = cut.map(|(n, cut)| (n.min(chunks.len()), cut));
-    for i in 0..=chunks.len() {
-        match &cut {
-            Some((n, Cut::Stall(stall))) if *n == i => steps.push_back(Step::Pause(*stall)),
-            Some((n, Cut::Break)) if *n == i => {
-                // let the connection flush what was sent before it breaks
-                steps.push_back(Step::Flush);
-                steps.push_back(Step::Abort);
-                return steps;
-            }
-            Some((n, Cut::ErrorEvent)) if *n == i => {
-                steps.push_back(Step::Data(Bytes::from(sse_event(&ErrorEnvelope {
-                    error: ErrorObject { message: SERVER_ERROR_MESSAGE, kind: "server_error", param: None, code: None },
-                }))));
-                return steps;
-            }
-            _ => {}
+    let content = chunks.iter().map(|chunk| (writer.content_chunk(chunk), true)).collect();
+    if push_events(&mut steps, content, cut) {
+        steps.push_back(Step::Data(writer.finish_chunk(finish_reason)));
+        if writer.include_usage {
+            steps.push_back(Step::Data(writer.usage_chunk(usage)));
         }
-        if let Some(chunk) = chunks.get(i) {
-            steps.push_back(Step::Data(writer.content_chunk(chunk)));
-        }
+        steps.push_back(Step::Data(Bytes::from_static(b"data: [DONE]\n\n")));
     }
-    steps.push_back(Step::Data(writer.finish_chunk(finish_reason)));
-    if writer.include_usage {
-        steps.push_back(Step::Data(writer.usage_chunk(usage)));
-    }
-    steps.push_back(Step::Data(Bytes::from_static(b"data: [DONE]\n\n")));
     steps
 }
 
@@ -1030,21 +735,6 @@ impl ChunkWriter {
     }
 }
 
-/// Generates the content chunks of a [`Behaviour::Endless`] stream.
-struct EndlessChunks {
-    writer: ChunkWriter,
-    pieces: Vec<String>,
-    next: usize,
-}
-
-impl EndlessChunks {
-    fn next_chunk(&mut self) -> Bytes {
-        let piece = self.pieces.get(self.next % self.pieces.len().max(1));
-        self.next = self.next.wrapping_add(1);
-        self.writer.content_chunk(piece.map_or(" fake", String::as_str))
-    }
-}
-
 // === embeddings ===
 
 enum EmbeddingInput<'a> {
@@ -1072,7 +762,7 @@ fn embedding_inputs(input: &Value) -> Option<Vec<EmbeddingInput<'_>>> {
     }
 }
 
-async fn embeddings(ctx: Ctx, json: Option<Value>) -> Response<FakeBody> {
+async fn embeddings(ctx: Ctx<Behaviour>, json: Option<Value>) -> Response<FakeBody> {
     let Some(Value::Object(body)) = json else {
         return ApiError::invalid_json().reply(ctx);
     };
@@ -1114,7 +804,7 @@ async fn embeddings(ctx: Ctx, json: Option<Value>) -> Response<FakeBody> {
     };
     match non_stream_prelude(ctx.shared.next_behaviour(&model)).await {
         Prelude::Answer => {}
-        Prelude::Reply(reply) => return reply.into_response(ctx),
+        Prelude::Reply(reply) => return ctx.reply(reply),
     }
     let mut prompt_tokens = 0;
     let data = inputs
@@ -1143,7 +833,7 @@ async fn embeddings(ctx: Ctx, json: Option<Value>) -> Response<FakeBody> {
         model: &model,
         usage: EmbeddingUsage { prompt_tokens, total_tokens: prompt_tokens },
     });
-    json_reply(ctx, StatusCode::OK, body)
+    ctx.json_reply(StatusCode::OK, body)
 }
 
 /// A unit-length vector that depends only on `model` and the input.
@@ -1228,57 +918,15 @@ impl ApiError {
         self
     }
 
-    fn reply(self, ctx: Ctx) -> Response<FakeBody> {
+    fn reply(self, ctx: Ctx<Behaviour>) -> Response<FakeBody> {
         let body = error_body(&self.message, self.kind, self.param, self.code);
-        json_reply(ctx, self.status, Bytes::from(body))
+        ctx.json_reply(self.status, Bytes::from(body))
     }
 }
 
 fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> String {
     let json = to_json(&ErrorEnvelope { error: ErrorObject { message, kind, param, code } });
     String::from_utf8_lossy(&json).into_owned()
-}
-
-fn json_reply(ctx: Ctx, status: StatusCode, body: Bytes) -> Response<FakeBody> {
-    let body = FakeBody::full(body, ctx.in_flight);
-    respond(&ctx.shared, ctx.started, status, "application/json", body)
-}
-
-fn respond(
-    shared: &Shared,
-    started: Instant,
-    status: StatusCode,
-    content_type: &'static str,
-    body: FakeBody,
-) -> Response<FakeBody> {
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.clone_from(&shared.base_headers);
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Ok(id) = HeaderValue::from_str(&request_id()) {
-        headers.insert(HeaderName::from_static("x-request-id"), id);
-    }
-    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    headers.insert(HeaderName::from_static("openai-processing-ms"), HeaderValue::from(elapsed_ms));
-    response
-}
-
-/// Adds scripted headers: the first value of a name replaces the default, later ones append.
-fn add_headers(headers: &mut HeaderMap, extra: &[(String, String)]) {
-    let mut seen: Vec<HeaderName> = Vec::new();
-    for (name, value) in extra {
-        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) else {
-            tracing::warn!(%name, %value, "fake openai upstream skipped an invalid scripted header");
-            continue;
-        };
-        if seen.contains(&name) {
-            headers.append(name, value);
-        } else {
-            headers.insert(name.clone(), value);
-            seen.push(name);
-        }
-    }
 }
 
 fn unix_now() -> u64 {
@@ -1305,13 +953,6 @@ fn obfuscation() -> String {
     random_alphanumeric(len)
 }
 
-/// Serialises one of this module's wire types.
-fn to_json<T: Serialize>(value: &T) -> Bytes {
-    let mut buf = Vec::with_capacity(512);
-    write_json(&mut buf, value);
-    Bytes::from(buf)
-}
-
 /// `data: <json>\n\n`.
 fn sse_event<T: Serialize>(value: &T) -> Vec<u8> {
     let mut buf = Vec::with_capacity(320);
@@ -1319,16 +960,6 @@ fn sse_event<T: Serialize>(value: &T) -> Vec<u8> {
     write_json(&mut buf, value);
     buf.extend_from_slice(b"\n\n");
     buf
-}
-
-fn write_json<T: Serialize>(buf: &mut Vec<u8>, value: &T) {
-    // Our wire types are plain structs with string keys, which serde_json cannot fail to write
-    // into a Vec; should that ever change, send an empty object rather than half a document.
-    let start = buf.len();
-    if serde_json::to_writer(&mut *buf, value).is_err() {
-        buf.truncate(start);
-        buf.extend_from_slice(b"{}");
-    }
 }
 
 static MODELS_BODY: LazyLock<Bytes> = LazyLock::new(|| {
@@ -1340,104 +971,6 @@ static MODELS_BODY: LazyLock<Bytes> = LazyLock::new(|| {
             .collect(),
     })
 });
-
-// === response body ===
-
-/// One step of a response body.
-enum Step {
-    Data(Bytes),
-    Pause(Duration),
-    /// Returns `Pending` once so the connection flushes what it buffered.
-    Flush,
-    /// Fails the body, which makes hyper drop the connection.
-    Abort,
-    Endless(Box<EndlessChunks>),
-}
-
-/// The response body of every reply: a script of data, pauses and breaks, played as hyper polls
-/// it. Dropping it early (the client went away) is how cancellations are observed.
-struct FakeBody {
-    steps: VecDeque<Step>,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    exact_len: Option<u64>,
-    stream: Option<StreamGuard>,
-    _in_flight: InFlight,
-}
-
-impl FakeBody {
-    fn full(bytes: Bytes, in_flight: InFlight) -> FakeBody {
-        let exact_len = Some(bytes.len() as u64);
-        let steps = if bytes.is_empty() { VecDeque::new() } else { VecDeque::from([Step::Data(bytes)]) };
-        FakeBody { steps, sleep: None, exact_len, stream: None, _in_flight: in_flight }
-    }
-
-    fn steps(steps: VecDeque<Step>, stream: Option<StreamGuard>, in_flight: InFlight) -> FakeBody {
-        FakeBody { steps, sleep: None, exact_len: None, stream, _in_flight: in_flight }
-    }
-
-    fn finish(&mut self) {
-        if let Some(guard) = &mut self.stream {
-            guard.finish();
-        }
-    }
-}
-
-impl http_body::Body for FakeBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let this = self.get_mut();
-        loop {
-            if let Some(sleep) = &mut this.sleep {
-                if sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                this.sleep = None;
-            }
-            let Some(step) = this.steps.pop_front() else {
-                this.finish();
-                return Poll::Ready(None);
-            };
-            match step {
-                Step::Data(bytes) => {
-                    // The last frame handed over counts as finished, so a client that hangs up
-                    // right after `[DONE]` is not a cancellation.
-                    if this.steps.is_empty() {
-                        this.finish();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
-                }
-                Step::Pause(delay) => this.sleep = Some(Box::pin(tokio::time::sleep(delay))),
-                Step::Flush => {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                Step::Abort => {
-                    this.finish();
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "fake upstream broke the stream on purpose",
-                    ))));
-                }
-                Step::Endless(mut chunks) => {
-                    let bytes = chunks.next_chunk();
-                    this.steps.push_back(Step::Endless(chunks));
-                    this.sleep = Some(Box::pin(tokio::time::sleep(ENDLESS_INTERVAL)));
-                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.steps.is_empty() && self.sleep.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.exact_len.map_or_else(SizeHint::default, SizeHint::with_exact)
-    }
-}
 
 // === wire types ===
 
@@ -1601,78 +1134,21 @@ struct EmbeddingUsage {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use bytes::Bytes;
-    use http::{HeaderMap, Method, Request, StatusCode};
-    use http_body_util::{BodyExt, Full};
-    use hyper_util::rt::TokioIo;
+    use http::{Method, StatusCode};
     use serde_json::{Value, json};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpStream;
 
     use super::{Behaviour, FakeOpenAi, word_chunks};
+    use crate::testing::common::test_support::{self as support, Got, eventually, read_until};
 
     const FINGERPRINT: &str = "fp_fa4e0a1b2c";
 
-    /// What a hyper HTTP/1.1 client saw.
-    struct Answer {
-        status: StatusCode,
-        headers: HeaderMap,
-        /// Body bytes received before the end or the error.
-        body: Vec<u8>,
-        error: Option<hyper::Error>,
-        /// Time until the response head arrived.
-        head_after: Duration,
+    async fn send(fake: &FakeOpenAi, method: Method, path: &str, headers: &[(&str, &str)], body: String) -> Got {
+        support::send(fake.addr(), method, path, headers, body).await
     }
 
-    impl Answer {
-        fn text(&self) -> String {
-            String::from_utf8(self.body.clone()).unwrap()
-        }
-
-        fn json(&self) -> Value {
-            serde_json::from_slice(&self.body).unwrap()
-        }
-
-        fn header(&self, name: &str) -> &str {
-            self.headers[name].to_str().unwrap()
-        }
-    }
-
-    async fn send(fake: &FakeOpenAi, method: Method, path: &str, headers: &[(&str, &str)], body: String) -> Answer {
-        let stream = TcpStream::connect(fake.addr()).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-        tokio::spawn(conn);
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", fake.addr().to_string())
-            .header("content-type", "application/json");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let started = Instant::now();
-        let response = sender.send_request(request.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap();
-        let head_after = started.elapsed();
-        let (parts, mut body) = response.into_parts();
-        let mut bytes = Vec::new();
-        let mut error = None;
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(frame) => {
-                    if let Ok(data) = frame.into_data() {
-                        bytes.extend_from_slice(&data);
-                    }
-                }
-                Err(err) => {
-                    error = Some(err);
-                    break;
-                }
-            }
-        }
-        Answer { status: parts.status, headers: parts.headers, body: bytes, error, head_after }
-    }
-
-    async fn chat(fake: &FakeOpenAi, body: Value) -> Answer {
+    async fn chat(fake: &FakeOpenAi, body: Value) -> Got {
         send(fake, Method::POST, "/v1/chat/completions", &[], body.to_string()).await
     }
 
@@ -1685,40 +1161,9 @@ mod tests {
         })
     }
 
-    /// Writes a raw HTTP/1.1 keep-alive request, so only the server can close the connection.
+    /// Writes a raw HTTP/1.1 keep-alive chat request, so only the server can close the connection.
     async fn raw_chat(fake: &FakeOpenAi, body: &Value) -> TcpStream {
-        let mut stream = TcpStream::connect(fake.addr()).await.unwrap();
-        let body = body.to_string();
-        let request = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            fake.addr(),
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        stream
-    }
-
-    /// Reads until `done(bytes so far)`, failing after 5 s.
-    async fn read_until(stream: &mut TcpStream, buf: &mut Vec<u8>, done: impl Fn(&str) -> bool) {
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while !done(&String::from_utf8_lossy(buf)) {
-                let mut chunk = [0_u8; 4096];
-                let n = stream.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "connection closed early: {}", String::from_utf8_lossy(buf));
-                buf.extend_from_slice(&chunk[..n]);
-            }
-        })
-        .await
-        .unwrap();
-    }
-
-    /// Polls `condition` every 10 ms for up to 5 s.
-    async fn eventually(what: &str, condition: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !condition() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        support::raw_post(fake.addr(), "/v1/chat/completions", &[], body).await
     }
 
     fn events(body: &str) -> Vec<&str> {

@@ -7,6 +7,8 @@
 //!   scripted per request ([`Behaviour`]) or driven by the request's `model` name (see
 //!   [`Behaviour::for_model`]), so routing manifests can pick failure modes without test code.
 
+/// The server, state, response body and test helpers both fakes share.
+mod common;
 pub mod fake_anthropic;
 pub mod fake_openai;
 
