@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: Rust lints and tests, then the
-# OpenAI SDK conformance tests against the real proxy binary.
-# Installs what it needs: crates via cargo, Python packages into .venv.
+# The whole test suite, from a fresh clone: Rust lints and tests, the CRDs
+# against a real kube-apiserver, then the OpenAI SDK conformance tests
+# against the real proxy binary. Installs what it needs: crates via cargo, Go
+# modules via the Go module proxy (the API server harness), Python packages
+# into .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,9 @@ fi
 
 step "cargo test"
 cargo test --workspace --all-features --locked
+
+step "the generated CRDs against a real kube-apiserver (built once from Go modules, cached)"
+bash tests/kube-apiserver/smoke.sh
 
 step "build binaries for the conformance tests"
 cargo build --workspace --all-features --bins --locked

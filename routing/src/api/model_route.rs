@@ -51,7 +51,7 @@ use super::{
     "self.targets.all(a, !has(a.name) || self.targets.exists_one(b, has(b.name) && b.name == a.name))"
 ).message("target names must be unique within a route").field_path(".targets"))]
 #[x_kube(validation = Rule::new(
-    "self.targets.exists(t, !has(t.weight) || t.weight > 0) || (has(self.canary) && has(self.canary.percent) && double(self.canary.percent) == 100.0)"
+    "self.targets.exists(t, !has(t.weight) || t.weight > 0) || (has(self.canary) && has(self.canary.percent) && self.canary.percent.matches('^[0-9]+([.][0-9]+)?$') && double(self.canary.percent) == 100.0)"
 ).message("at least one target needs a weight > 0 (weight defaults to 1), unless the canary takes 100 percent").field_path(".targets"))]
 #[x_kube(validation = Rule::new(
     "!has(self.canary) || !has(self.canary.target.name) || !self.targets.exists(t, has(t.name) && t.name == self.canary.target.name)"
@@ -163,10 +163,10 @@ pub struct Price {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(
-    "!has(self.percent) || (double(self.percent) >= 0.0 && double(self.percent) <= 100.0)"
+    "!has(self.percent) || !self.percent.matches('^[0-9]+([.][0-9]+)?$') || double(self.percent) <= 100.0"
 ).message("canary percent must be between 0 and 100").field_path(".percent"))]
 #[x_kube(validation = Rule::new(
-    "!has(self.steps) || (self.steps.map(s, double(s)).isSorted() && self.steps.all(a, self.steps.exists_one(b, double(b) == double(a))))"
+    "!has(self.steps) || !self.steps.all(s, s.matches('^[0-9]+([.][0-9]+)?$')) || (self.steps.map(s, double(s)).isSorted() && self.steps.all(a, self.steps.exists_one(b, double(b) == double(a))))"
 ).message("canary steps must be strictly increasing").field_path(".steps"))]
 pub struct Canary {
     /// The new target.
