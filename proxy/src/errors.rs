@@ -155,6 +155,7 @@ impl ProxyError {
             Self::UnknownModel { .. } | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::NotReady | Self::NoCandidate { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Rejected { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
+            Self::Exhausted { .. } if self.no_target_could_express_it() => StatusCode::BAD_REQUEST,
             Self::Exhausted { last, .. } => match last.as_ref() {
                 UpstreamError::Status { status: 429, .. } => StatusCode::TOO_MANY_REQUESTS,
                 UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -172,6 +173,15 @@ impl ProxyError {
             }
             _ => &[],
         }
+    }
+
+    /// Every attempt failed because its provider cannot express the request
+    /// (e.g. `n > 1` on Anthropic): the client has to change the request, so
+    /// it is a 400, not an upstream failure.
+    fn no_target_could_express_it(&self) -> bool {
+        matches!(self, Self::Exhausted { last, attempts, .. }
+            if matches!(last.as_ref(), UpstreamError::Untranslatable(_))
+                && attempts.iter().all(|a| a.outcome.starts_with("untranslatable")))
     }
 
     /// The alias the request was routed by, once it was known to exist.
@@ -195,6 +205,9 @@ impl ProxyError {
             Self::NotReady => ("server_error", Some("not_ready")),
             Self::NoCandidate { .. } => ("server_error", Some("no_available_target")),
             Self::Rejected { .. } => ("invalid_request_error", None),
+            Self::Exhausted { .. } if self.no_target_could_express_it() => {
+                ("invalid_request_error", Some("unsupported_by_targets"))
+            }
             Self::Exhausted { last, .. } => match last.as_ref() {
                 UpstreamError::Status { status: 429, .. } => ("rate_limit_error", Some("rate_limit_exceeded")),
                 UpstreamError::Timeout(_) => ("timeout_error", Some("upstream_timeout")),

@@ -168,7 +168,9 @@ async fn anthropic_errors_reach_the_client_in_openai_shape_and_bad_requests_are_
     let mut many = chat_body("chat", false);
     many["n"] = 3.into();
     let response = proxy.chat(&many).await;
+    assert_eq!(response.status(), 400, "only the client can fix this request");
     let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("`n`"), "{body}");
     assert_eq!(fake.hits(), 1);
     proxy.stop().await;
