@@ -28,7 +28,7 @@ step "the generated CRDs against a real kube-apiserver (built once from Go modul
 bash tests/kube-apiserver/smoke.sh
 
 step "build binaries for the conformance tests"
-cargo build --workspace --all-features --bins --locked
+cargo build --workspace --all-features --all-targets --locked
 
 step "python environment for SDK conformance"
 if [ ! -x .venv/bin/python ]; then
