@@ -12,12 +12,14 @@
 //!
 //! - [`anthropic`]: Anthropic Messages (`POST /v1/messages`), requests,
 //!   responses, streams and errors.
+//! - [`gemini`]: Gemini `generateContent` / `streamGenerateContent`, the same.
 //!
 //! Shared here: the error type of a translation ([`TranslateError`]), the
 //! provider-neutral class of an upstream error ([`ErrorKind`]) and token
 //! counts in OpenAI's terms ([`TokenUsage`]).
 
 pub mod anthropic;
+pub mod gemini;
 
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
