@@ -10,7 +10,9 @@
 /// The server, state, response body and test helpers both fakes share.
 mod common;
 pub mod fake_anthropic;
+pub mod fake_gemini;
 pub mod fake_openai;
 
 pub use fake_anthropic::{AnthropicBehaviour, FakeAnthropic};
+pub use fake_gemini::{FakeGemini, GeminiBehaviour};
 pub use fake_openai::{Behaviour, FakeOpenAi, Recorded};
