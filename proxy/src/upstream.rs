@@ -1,9 +1,9 @@
 //! Sending one attempt to one provider and reading its answer.
 //!
 //! HTTP providers: `openai` and `openai-compatible` (the client's JSON with
-//! `model` replaced by the target's upstream model) and `anthropic`
-//! (translated both ways by [`crate::translate::anthropic`]); `mock` is
-//! served in process by [`crate::mock`].
+//! `model` replaced by the target's upstream model), `anthropic` and
+//! `gemini` (translated both ways by [`crate::translate`]); `mock` is served
+//! in process by [`crate::mock`].
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -25,6 +25,7 @@ use crate::request::ChatRequest;
 use crate::sse;
 use crate::translate::TranslateError;
 use crate::translate::anthropic::{self, AnthropicDefaults};
+use crate::translate::gemini::{self, GeminiDefaults};
 
 /// One attempt's request.
 pub struct Call<'a> {
@@ -53,7 +54,10 @@ pub enum Reply {
 /// so hyper never logs them).
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    chat_uri: http::Uri,
+    /// The provider's base URL, for providers whose path names the model (Gemini).
+    base_url: String,
+    /// The fixed chat URL, for providers whose path does not.
+    chat_uri: Option<http::Uri>,
     headers: HeaderMap,
 }
 
@@ -68,11 +72,14 @@ impl Endpoint {
 
     fn build(provider: &Provider, api_key: Option<&Redacted>) -> Result<Self, String> {
         let path = match provider.kind {
-            ProviderKind::Anthropic => "/v1/messages",
-            _ => "/chat/completions",
+            ProviderKind::Anthropic => Some("/v1/messages"),
+            ProviderKind::Gemini => None,
+            _ => Some("/chat/completions"),
         };
-        let url = format!("{}{path}", provider.base_url);
-        let chat_uri = url.parse().map_err(|e| format!("`{url}` is not a usable URL: {e}"))?;
+        let chat_uri = match path {
+            Some(path) => Some(parse_uri(&format!("{}{path}", provider.base_url))?),
+            None => None,
+        };
         let mut headers = HeaderMap::new();
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
@@ -92,6 +99,7 @@ impl Endpoint {
         if let Some(key) = api_key {
             let (name, value) = match provider.kind {
                 ProviderKind::Anthropic => (http::HeaderName::from_static("x-api-key"), key.expose().to_owned()),
+                ProviderKind::Gemini => (http::HeaderName::from_static("x-goog-api-key"), key.expose().to_owned()),
                 _ => (http::header::AUTHORIZATION, format!("Bearer {}", key.expose())),
             };
             let mut value = HeaderValue::try_from(value)
@@ -99,8 +107,12 @@ impl Endpoint {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        Ok(Self { chat_uri, headers })
+        Ok(Self { base_url: provider.base_url.clone(), chat_uri, headers })
     }
+}
+
+fn parse_uri(url: &str) -> Result<http::Uri, String> {
+    url.parse().map_err(|e| format!("`{url}` is not a usable URL: {e}"))
 }
 
 /// The HTTP client shared by all attempts (connection pooling per origin).
@@ -142,12 +154,13 @@ impl Upstreams {
             ProviderKind::Mock => crate::mock::answer(&call).await,
             ProviderKind::Openai | ProviderKind::OpenaiCompatible => self.send_openai(&call).await,
             ProviderKind::Anthropic => self.send_anthropic(&call).await,
+            ProviderKind::Gemini => self.send_gemini(&call).await,
             other => Err(UpstreamError::Unsupported(other.as_str())),
         }
     }
 
     async fn send_openai(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
-        let incoming = self.post(call, openai_body(call), |_, body| body).await?;
+        let incoming = self.post(call, None, openai_body(call), |_, body| (body, None)).await?;
         if call.stream { Ok(Reply::Stream(Events::http(incoming))) } else { Ok(Reply::Json(read_all(incoming).await?)) }
     }
 
@@ -160,8 +173,9 @@ impl Upstreams {
             body["stream"] = serde_json::Value::Bool(true);
         }
         let body = serde_json::to_vec(&body).unwrap_or_default();
-        let error_body = |status, body: Bytes| Bytes::from(anthropic::to_openai_error(status, &body).to_string());
-        let incoming = self.post(call, body, error_body).await?;
+        let error_body =
+            |status, body: Bytes| (Bytes::from(anthropic::to_openai_error(status, &body).to_string()), None);
+        let incoming = self.post(call, None, body, error_body).await?;
         let alias = &call.body.model;
         if call.stream {
             // Always with the usage chunk: the chat handler strips it when
@@ -180,23 +194,57 @@ impl Upstreams {
         }
     }
 
+    /// Gemini `generateContent` / `streamGenerateContent`, translated both
+    /// ways (see [`crate::translate::gemini`]).
+    async fn send_gemini(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
+        let body = gemini::chat_to_gemini(&call.body.to_map(), &GeminiDefaults::default())
+            .map_err(|error| translate_failure(&error))?;
+        let endpoint = endpoint(call)?;
+        let method = if call.stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
+        let uri = parse_uri(&format!("{}/v1beta/models/{}:{method}", endpoint.base_url, call.target.model))
+            .map_err(UpstreamError::Misconfigured)?;
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        let error_body = |status, body: Bytes| {
+            let delay = gemini::retry_delay(&body);
+            (Bytes::from(gemini::to_openai_error(status, &body).to_string()), delay)
+        };
+        let incoming = self.post(call, Some(uri), body, error_body).await?;
+        let alias = &call.body.model;
+        if call.stream {
+            let translator = Box::new(gemini::GeminiStreamTranslator::new(alias, true));
+            Ok(Reply::Stream(Events::Gemini {
+                body: incoming,
+                parser: sse::Parser::default(),
+                translator,
+                ready: VecDeque::new(),
+                ended: false,
+            }))
+        } else {
+            let answer = read_all(incoming).await?;
+            let chat = gemini::gemini_to_chat(&answer, alias).map_err(|error| translate_failure(&error))?;
+            Ok(Reply::Json(Bytes::from(chat.to_string())))
+        }
+    }
+
     /// POSTs `body` to the provider's endpoint and returns the body of a
     /// successful answer; a failed one becomes [`UpstreamError::Status`]
-    /// with its body passed through `error_body` (to OpenAI's error shape).
+    /// with its body passed through `error_body`, which returns it in
+    /// OpenAI's error shape and any retry delay the body itself names.
+    /// `uri` overrides the endpoint's fixed chat URL.
     async fn post(
         &self,
         call: &Call<'_>,
+        uri: Option<http::Uri>,
         body: Vec<u8>,
-        error_body: impl FnOnce(u16, Bytes) -> Bytes,
+        error_body: impl FnOnce(u16, Bytes) -> (Bytes, Option<Duration>),
     ) -> Result<Incoming, UpstreamError> {
-        let endpoint = match call.endpoint {
-            Some(Ok(endpoint)) => endpoint,
-            Some(Err(problem)) => return Err(UpstreamError::Misconfigured(problem.clone())),
-            None => return Err(UpstreamError::Misconfigured("no HTTP endpoint for this provider".into())),
-        };
+        let endpoint = endpoint(call)?;
         let mut request = Request::new(Full::new(Bytes::from(body)));
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = endpoint.chat_uri.clone();
+        let Some(uri) = uri.or_else(|| endpoint.chat_uri.clone()) else {
+            return Err(UpstreamError::Misconfigured("no URL for this provider".into()));
+        };
+        *request.uri_mut() = uri;
         let headers = request.headers_mut();
         *headers = endpoint.headers.clone();
         headers.insert(X_REQUEST_ID, call.request_id.clone());
@@ -212,16 +260,26 @@ impl Upstreams {
         }
         let status = parts.status.as_u16();
         let body = incoming.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let (body, delay_in_body) = error_body(status, body);
         Err(UpstreamError::Status {
             status,
-            body: scrub(error_body(status, body), call.api_key),
-            retry_after: retry_after(&parts.headers),
+            body: scrub(body, call.api_key),
+            retry_after: retry_after(&parts.headers).or(delay_in_body),
             should_retry: parts
                 .headers
                 .get("x-should-retry")
                 .and_then(|v| v.to_str().ok())
                 .map(|v| v.eq_ignore_ascii_case("true")),
         })
+    }
+}
+
+/// The provider's prepared endpoint, or why it cannot be called.
+fn endpoint<'a>(call: &Call<'a>) -> Result<&'a Endpoint, UpstreamError> {
+    match call.endpoint {
+        Some(Ok(endpoint)) => Ok(endpoint),
+        Some(Err(problem)) => Err(UpstreamError::Misconfigured(problem.clone())),
+        None => Err(UpstreamError::Misconfigured("no HTTP endpoint for this provider".into())),
     }
 }
 
@@ -312,6 +370,15 @@ pub enum Events {
         body: Incoming,
         parser: sse::Parser,
     },
+    /// Gemini answers (data-only events ending at EOF), translated into
+    /// OpenAI chunks as they arrive.
+    Gemini {
+        body: Incoming,
+        parser: sse::Parser,
+        translator: Box<gemini::GeminiStreamTranslator>,
+        ready: VecDeque<String>,
+        ended: bool,
+    },
     /// Anthropic events, translated into OpenAI chunks as they arrive.
     Anthropic {
         body: Incoming,
@@ -332,6 +399,33 @@ impl Events {
         match self {
             Self::Mock(mock) => mock.next().await.map(Ok),
             Self::Http { body, parser } => next_sse(body, parser).await,
+            Self::Gemini { body, parser, translator, ready, ended } => loop {
+                if let Some(data) = ready.pop_front() {
+                    return Some(Ok(sse::Event { event: String::new(), data }));
+                }
+                if *ended {
+                    return None;
+                }
+                match next_sse(body, parser).await {
+                    Some(Ok(event)) => match translator.on_data(&event.data) {
+                        Ok(chunks) => ready.extend(chunks),
+                        Err(error) => return Some(Err(translate_failure(&error))),
+                    },
+                    Some(Err(error)) => return Some(Err(error)),
+                    // Gemini ends a stream at EOF with no closing event: only
+                    // a finish reason for every candidate tells a whole
+                    // answer from a cut one.
+                    None if !translator.is_complete() => {
+                        return Some(Err(UpstreamError::StreamBroken(
+                            "the stream ended before gemini sent a finish reason".into(),
+                        )));
+                    }
+                    None => {
+                        ready.extend(translator.finish());
+                        *ended = true;
+                    }
+                }
+            },
             Self::Anthropic { body, parser, translator, ready } => loop {
                 if let Some(data) = ready.pop_front() {
                     return Some(Ok(sse::Event { event: String::new(), data }));
