@@ -180,13 +180,8 @@ impl Upstreams {
         if call.stream {
             // Always with the usage chunk: the chat handler strips it when
             // the client did not ask for it, as for OpenAI upstreams.
-            let translator = Box::new(anthropic::StreamTranslator::new(alias, true));
-            Ok(Reply::Stream(Events::Anthropic {
-                body: incoming,
-                parser: sse::Parser::default(),
-                translator,
-                ready: VecDeque::new(),
-            }))
+            let translator = anthropic::StreamTranslator::new(alias, true);
+            Ok(Reply::Stream(Events::translated(incoming, Box::new(translator))))
         } else {
             let answer = read_all(incoming).await?;
             let chat = anthropic::messages_to_chat(&answer, alias).map_err(|error| translate_failure(&error))?;
@@ -211,14 +206,8 @@ impl Upstreams {
         let incoming = self.post(call, Some(uri), body, error_body).await?;
         let alias = &call.body.model;
         if call.stream {
-            let translator = Box::new(gemini::GeminiStreamTranslator::new(alias, true));
-            Ok(Reply::Stream(Events::Gemini {
-                body: incoming,
-                parser: sse::Parser::default(),
-                translator,
-                ready: VecDeque::new(),
-                ended: false,
-            }))
+            let translator = gemini::GeminiStreamTranslator::new(alias, true);
+            Ok(Reply::Stream(Events::translated(incoming, Box::new(translator))))
         } else {
             let answer = read_all(incoming).await?;
             let chat = gemini::gemini_to_chat(&answer, alias).map_err(|error| translate_failure(&error))?;
@@ -364,27 +353,53 @@ async fn next_sse(body: &mut Incoming, parser: &mut sse::Parser) -> Option<Resul
     }
 }
 
+/// A provider's stream, turned into OpenAI chunk payloads (JSON strings,
+/// `[DONE]` last).
+pub trait ChunkTranslator: Send {
+    /// The chunks for one upstream event.
+    fn event(&mut self, event: &sse::Event) -> Result<Vec<String>, TranslateError>;
+    /// The chunks owed at the end of the upstream stream, or `None` when the
+    /// stream ended before the provider finished the answer.
+    fn end(&mut self) -> Option<Vec<String>>;
+}
+
+impl ChunkTranslator for anthropic::StreamTranslator {
+    fn event(&mut self, event: &sse::Event) -> Result<Vec<String>, TranslateError> {
+        self.on_event(&event.event, &event.data)
+    }
+
+    /// Anthropic closes an answer with `message_stop` (translated to `[DONE]`).
+    fn end(&mut self) -> Option<Vec<String>> {
+        self.is_done().then(Vec::new)
+    }
+}
+
+impl ChunkTranslator for gemini::GeminiStreamTranslator {
+    fn event(&mut self, event: &sse::Event) -> Result<Vec<String>, TranslateError> {
+        self.on_data(&event.data)
+    }
+
+    /// Gemini ends a stream at EOF with no closing event: only a finish
+    /// reason for every candidate tells a whole answer from a cut one.
+    fn end(&mut self) -> Option<Vec<String>> {
+        self.is_complete().then(|| self.finish())
+    }
+}
+
 /// The events of a streamed answer, from the network or the mock.
 pub enum Events {
+    /// OpenAI-shaped events, passed on as they are.
     Http {
         body: Incoming,
         parser: sse::Parser,
     },
-    /// Gemini answers (data-only events ending at EOF), translated into
-    /// OpenAI chunks as they arrive.
-    Gemini {
+    /// A provider's own events, translated into OpenAI chunks as they arrive.
+    Translated {
         body: Incoming,
         parser: sse::Parser,
-        translator: Box<gemini::GeminiStreamTranslator>,
+        translator: Box<dyn ChunkTranslator>,
         ready: VecDeque<String>,
         ended: bool,
-    },
-    /// Anthropic events, translated into OpenAI chunks as they arrive.
-    Anthropic {
-        body: Incoming,
-        parser: sse::Parser,
-        translator: Box<anthropic::StreamTranslator>,
-        ready: VecDeque<String>,
     },
     Mock(MockStream),
 }
@@ -394,12 +409,16 @@ impl Events {
         Self::Http { body, parser: sse::Parser::default() }
     }
 
+    fn translated(body: Incoming, translator: Box<dyn ChunkTranslator>) -> Self {
+        Self::Translated { body, parser: sse::Parser::default(), translator, ready: VecDeque::new(), ended: false }
+    }
+
     /// The next event; `None` at the end of the stream.
     pub async fn next(&mut self) -> Option<Result<sse::Event, UpstreamError>> {
         match self {
             Self::Mock(mock) => mock.next().await.map(Ok),
             Self::Http { body, parser } => next_sse(body, parser).await,
-            Self::Gemini { body, parser, translator, ready, ended } => loop {
+            Self::Translated { body, parser, translator, ready, ended } => loop {
                 if let Some(data) = ready.pop_front() {
                     return Some(Ok(sse::Event { event: String::new(), data }));
                 }
@@ -407,36 +426,22 @@ impl Events {
                     return None;
                 }
                 match next_sse(body, parser).await {
-                    Some(Ok(event)) => match translator.on_data(&event.data) {
+                    Some(Ok(event)) => match translator.event(&event) {
                         Ok(chunks) => ready.extend(chunks),
                         Err(error) => return Some(Err(translate_failure(&error))),
                     },
                     Some(Err(error)) => return Some(Err(error)),
-                    // Gemini ends a stream at EOF with no closing event: only
-                    // a finish reason for every candidate tells a whole
-                    // answer from a cut one.
-                    None if !translator.is_complete() => {
-                        return Some(Err(UpstreamError::StreamBroken(
-                            "the stream ended before gemini sent a finish reason".into(),
-                        )));
-                    }
-                    None => {
-                        ready.extend(translator.finish());
-                        *ended = true;
-                    }
-                }
-            },
-            Self::Anthropic { body, parser, translator, ready } => loop {
-                if let Some(data) = ready.pop_front() {
-                    return Some(Ok(sse::Event { event: String::new(), data }));
-                }
-                let event = match next_sse(body, parser).await? {
-                    Ok(event) => event,
-                    Err(error) => return Some(Err(error)),
-                };
-                match translator.on_event(&event.event, &event.data) {
-                    Ok(chunks) => ready.extend(chunks),
-                    Err(error) => return Some(Err(translate_failure(&error))),
+                    None => match translator.end() {
+                        Some(chunks) => {
+                            ready.extend(chunks);
+                            *ended = true;
+                        }
+                        None => {
+                            return Some(Err(UpstreamError::StreamBroken(
+                                "the stream ended before the provider finished the answer".into(),
+                            )));
+                        }
+                    },
                 }
             },
         }

@@ -190,3 +190,16 @@ async fn an_error_event_mid_stream_ends_the_client_stream_with_an_error_not_done
     assert!(!events.iter().any(|e| e == "[DONE]"));
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_cut_anthropic_stream_ends_with_an_error_event_not_done() {
+    let fake = FakeAnthropic::start().await;
+    fake.push(AnthropicBehaviour::BreakAfter { chunks: 3 });
+    let manifests = anthropic_provider("claude", &fake.base_url(), "k-123") + ROUTE;
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let events = sse_data(&proxy.chat(&chat_body("chat", true)).await.text().await.unwrap());
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "stream_interrupted", "{events:?}");
+    assert!(!events.iter().any(|e| e == "[DONE]"));
+    proxy.stop().await;
+}
