@@ -13,6 +13,7 @@
 //! - [`anthropic`]: Anthropic Messages (`POST /v1/messages`), requests,
 //!   responses, streams and errors.
 //! - [`gemini`]: Gemini `generateContent` / `streamGenerateContent`, the same.
+//! - [`mistral`]: Mistral's OpenAI-shaped API with its own fields and rules.
 //!
 //! Shared here: the error type of a translation ([`TranslateError`]), the
 //! provider-neutral class of an upstream error ([`ErrorKind`]) and token
@@ -20,6 +21,7 @@
 
 pub mod anthropic;
 pub mod gemini;
+pub mod mistral;
 
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
