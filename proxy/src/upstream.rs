@@ -1,9 +1,9 @@
 //! Sending one attempt to one provider and reading its answer.
 //!
 //! HTTP providers: `openai` and `openai-compatible` (the client's JSON with
-//! `model` replaced by the target's upstream model), `anthropic` and
-//! `gemini` (translated both ways by [`crate::translate`]); `mock` is served
-//! in process by [`crate::mock`].
+//! `model` replaced by the target's upstream model), `mistral` (the same with
+//! Mistral's rules), `anthropic` and `gemini` (translated both ways by
+//! [`crate::translate`]); `mock` is served in process by [`crate::mock`].
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -26,6 +26,7 @@ use crate::sse;
 use crate::translate::TranslateError;
 use crate::translate::anthropic::{self, AnthropicDefaults};
 use crate::translate::gemini::{self, GeminiDefaults};
+use crate::translate::mistral;
 
 /// One attempt's request.
 pub struct Call<'a> {
@@ -155,6 +156,7 @@ impl Upstreams {
             ProviderKind::Openai | ProviderKind::OpenaiCompatible => self.send_openai(&call).await,
             ProviderKind::Anthropic => self.send_anthropic(&call).await,
             ProviderKind::Gemini => self.send_gemini(&call).await,
+            ProviderKind::Mistral => self.send_mistral(&call).await,
             other => Err(UpstreamError::Unsupported(other.as_str())),
         }
     }
@@ -213,6 +215,23 @@ impl Upstreams {
             let chat = gemini::gemini_to_chat(&answer, alias).map_err(|error| translate_failure(&error))?;
             Ok(Reply::Json(Bytes::from(chat.to_string())))
         }
+    }
+
+    /// Mistral: OpenAI-shaped with its own field list, tool-id rule and
+    /// finish reasons (see [`crate::translate::mistral`]).
+    async fn send_mistral(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
+        let body = mistral::chat_to_mistral(&call.body.to_map(), &call.target.model);
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        let error_body = |status, body: Bytes| (Bytes::from(mistral::to_openai_error(status, &body).to_string()), None);
+        let incoming = self.post(call, None, body, error_body).await?;
+        if call.stream {
+            return Ok(Reply::Stream(Events::translated(incoming, Box::<mistral::StreamFixer>::default())));
+        }
+        let answer = read_all(incoming).await?;
+        let mut answer: serde_json::Value = serde_json::from_slice(&answer)
+            .map_err(|e| UpstreamError::Protocol(format!("mistral's answer is not valid JSON: {e}")))?;
+        mistral::fix_finish_reasons(&mut answer).map_err(|error| translate_failure(&error))?;
+        Ok(Reply::Json(Bytes::from(answer.to_string())))
     }
 
     /// POSTs `body` to the provider's endpoint and returns the body of a
@@ -383,6 +402,16 @@ impl ChunkTranslator for gemini::GeminiStreamTranslator {
     /// reason for every candidate tells a whole answer from a cut one.
     fn end(&mut self) -> Option<Vec<String>> {
         self.is_complete().then(|| self.finish())
+    }
+}
+
+impl ChunkTranslator for mistral::StreamFixer {
+    fn event(&mut self, event: &sse::Event) -> Result<Vec<String>, TranslateError> {
+        self.on_data(&event.data)
+    }
+
+    fn end(&mut self) -> Option<Vec<String>> {
+        self.is_done().then(Vec::new)
     }
 }
 
