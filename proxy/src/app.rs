@@ -15,6 +15,7 @@ use crate::args::Args;
 use crate::chat::{self, Context};
 use crate::errors::ProxyError;
 use crate::metrics::Metrics;
+use crate::request::Operation;
 use crate::server::{self, Body, Handler, full};
 use crate::source;
 use crate::state::RoutingHandle;
@@ -77,10 +78,13 @@ impl Handler for DataPlane {
         let (parts, body) = request.into_parts();
         let result = match (&parts.method, parts.uri.path()) {
             (&Method::POST, "/v1/chat/completions") => {
-                chat::handle(&self.chat, &parts.headers, body, &request_id).await
+                chat::handle(&self.chat, &parts.headers, body, &request_id, Operation::Chat).await
+            }
+            (&Method::POST, "/v1/embeddings") => {
+                chat::handle(&self.chat, &parts.headers, body, &request_id, Operation::Embeddings).await
             }
             (&Method::GET, "/v1/models") => self.models(&request_id),
-            (_, "/v1/chat/completions" | "/v1/models") => Err(ProxyError::MethodNotAllowed),
+            (_, "/v1/chat/completions" | "/v1/embeddings" | "/v1/models") => Err(ProxyError::MethodNotAllowed),
             (_, path) => Err(ProxyError::NotFound(path.to_owned())),
         };
         result.unwrap_or_else(|error| error.into_response(&request_id))

@@ -1,4 +1,5 @@
-//! `POST /v1/chat/completions`: pick, try, retry, fall back, stream.
+//! `POST /v1/chat/completions` (and `/v1/embeddings`, the same path without
+//! streams): pick, try, retry, fall back, stream.
 //!
 //! Rules (design §3):
 //! - one table snapshot per request; the plan (see [`crate::plan`]) is fixed up front;
@@ -31,7 +32,7 @@ use serde_json::Value;
 use crate::errors::{AttemptRecord, Class, ProxyError, UpstreamError};
 use crate::metrics::{FallbackLabels, Metrics, RequestLabels, RouteTargetLabels};
 use crate::plan::{self, Candidate, Steering};
-use crate::request::ChatRequest;
+use crate::request::{ApiRequest, Operation};
 use crate::server::{Body, full};
 use crate::sse;
 use crate::state::{Live, RoutingHandle, TargetStats};
@@ -50,16 +51,17 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
 }
 
-/// Handles one chat completion request; errors go to the caller's rescue,
-/// after they were counted and logged here.
+/// Handles one chat completion or embeddings request; errors go to the
+/// caller's rescue, after they were counted and logged here.
 pub async fn handle(
     ctx: &Arc<Context>,
     headers: &HeaderMap,
     body: Incoming,
     request_id: &HeaderValue,
+    operation: Operation,
 ) -> Result<Response<Body>, ProxyError> {
     let started = Instant::now();
-    let result = serve(ctx, headers, body, request_id, started).await;
+    let result = serve(ctx, headers, body, request_id, started, operation).await;
     if let Err(error) = &result {
         record_failure(&ctx.metrics, request_id, started, error);
     }
@@ -72,8 +74,9 @@ async fn serve(
     body: Incoming,
     request_id: &HeaderValue,
     started: Instant,
+    operation: Operation,
 ) -> Result<Response<Body>, ProxyError> {
-    let mut body = ChatRequest::parse(&read_body(body).await?)?;
+    let mut body = ApiRequest::parse(&read_body(body).await?, operation)?;
     let alias = body.model.clone();
     let stream = body.stream;
     let live = ctx.routing.snapshot().ok_or(ProxyError::NotReady)?;
@@ -86,7 +89,7 @@ async fn serve(
     // About four bytes a token, JSON punctuation included: a cheap, slightly
     // high pre-flight estimate for the context-window check; provider usage
     // is authoritative afterwards.
-    let estimated_input = (body.messages_bytes() as u64).div_ceil(4);
+    let estimated_input = (body.prompt_bytes() as u64).div_ceil(4);
     let sticky = plan::sticky_header_name(route).and_then(|h| headers.get(h)).and_then(|v| v.to_str().ok());
     let plan = plan::plan(&live, route, Steering { sticky, estimated_tokens: estimated_input });
     if plan.candidates.is_empty() {
@@ -199,7 +202,7 @@ async fn read_body(body: Incoming) -> Result<Bytes, ProxyError> {
 struct Request<'a> {
     ctx: &'a Arc<Context>,
     live: &'a Arc<Live>,
-    body: &'a ChatRequest,
+    body: &'a ApiRequest,
     stream: bool,
     request_id: &'a HeaderValue,
     deadline: Instant,

@@ -45,6 +45,44 @@ pub(crate) async fn answer(call: &Call<'_>) -> Result<Reply, UpstreamError> {
     Ok(Reply::Json(Bytes::from(completion.json().to_string())))
 }
 
+/// Dimensions of the mock's embedding vectors.
+const EMBEDDING_DIMENSIONS: usize = 8;
+
+/// `/v1/embeddings` from the mock: one deterministic unit vector per input
+/// (the same text always gets the same vector), after the configured latency.
+pub(crate) async fn embed(call: &Call<'_>) -> Result<Reply, UpstreamError> {
+    let settings = call.provider.mock.clone().unwrap_or_default();
+    tokio::time::sleep(Duration::from_millis(settings.latency_ms)).await;
+    let inputs: Vec<String> = match call.body.parsed::<Value>("input") {
+        Some(Value::Array(items)) => {
+            items.iter().map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_owned)).collect()
+        }
+        Some(Value::String(text)) => vec![text],
+        _ => Vec::new(),
+    };
+    let tokens: usize = inputs.iter().map(|text| text.split_whitespace().count().max(1)).sum();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| json!({"object": "embedding", "index": index, "embedding": unit_vector(text)}))
+        .collect();
+    let body = json!({"object": "list", "data": data, "model": call.target.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
+    Ok(Reply::Json(Bytes::from(body.to_string())))
+}
+
+fn unit_vector(text: &str) -> Vec<f64> {
+    let mut hash = crate::plan::fnv1a(text.as_bytes());
+    let raw: Vec<f64> = (0..EMBEDDING_DIMENSIONS)
+        .map(|_| {
+            hash = hash.rotate_left(13).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            (hash >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        })
+        .collect();
+    let norm = raw.iter().map(|v| v * v).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+    raw.iter().map(|v| v / norm).collect()
+}
+
 fn per_token(settings: &MockSettings) -> Option<Duration> {
     (settings.tokens_per_second > 0).then(|| Duration::from_secs(1) / settings.tokens_per_second)
 }

@@ -1,4 +1,5 @@
-//! The client's chat request, read once and kept close to the bytes it came in.
+//! The client's request (chat or embeddings), read once and kept close to the
+//! bytes it came in.
 //!
 //! Top-level fields are parsed; their values stay raw JSON text. The proxy
 //! only needs a handful of fields (`model`, `stream`, `stream_options`, the
@@ -18,9 +19,19 @@ use serde_json::{Map, Value};
 
 use crate::errors::ProxyError;
 
-/// A chat completion request whose required fields were checked.
+/// Which API a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `POST /v1/chat/completions`
+    Chat,
+    /// `POST /v1/embeddings`
+    Embeddings,
+}
+
+/// A request whose required fields were checked.
 #[derive(Debug)]
-pub struct ChatRequest {
+pub struct ApiRequest {
+    pub operation: Operation,
     /// Top-level fields in the client's order; a repeated key keeps its last value.
     fields: Vec<(String, Box<RawValue>)>,
     /// The alias in `model`.
@@ -34,9 +45,9 @@ fn bad(message: impl Into<String>, param: Option<&'static str>) -> ProxyError {
     ProxyError::BadRequest { message: message.into(), param }
 }
 
-impl ChatRequest {
+impl ApiRequest {
     /// Parses and checks a request body, with errors a client can act on.
-    pub fn parse(bytes: &[u8]) -> Result<Self, ProxyError> {
+    pub fn parse(bytes: &[u8], operation: Operation) -> Result<Self, ProxyError> {
         let Fields(fields) = serde_json::from_slice(bytes).map_err(|e| {
             if e.is_data() {
                 bad("the request body must be a JSON object", None)
@@ -44,7 +55,7 @@ impl ChatRequest {
                 bad(format!("the request body is not valid JSON: {e}"), None)
             }
         })?;
-        let mut request = Self { fields, model: String::new(), stream: false, client_wants_usage: false };
+        let mut request = Self { operation, fields, model: String::new(), stream: false, client_wants_usage: false };
         request.model = match request.parsed::<Value>("model") {
             Some(Value::String(model)) if !model.is_empty() => model,
             _ => {
@@ -54,13 +65,21 @@ impl ChatRequest {
                 ));
             }
         };
-        // A raw value is valid JSON already: an array whose first non-blank
-        // byte after `[` is not `]` is a non-empty array.
-        let non_empty_array = request
-            .get("messages")
-            .is_some_and(|raw| raw.get().strip_prefix('[').is_some_and(|rest| !rest.trim_start().starts_with(']')));
-        if !non_empty_array {
-            return Err(bad("`messages` must be a non-empty array of chat messages", Some("messages")));
+        match operation {
+            Operation::Chat => {
+                if !request.non_empty("messages", '[') {
+                    return Err(bad("`messages` must be a non-empty array of chat messages", Some("messages")));
+                }
+            }
+            Operation::Embeddings => {
+                if !(request.non_empty("input", '[') || request.non_empty("input", '"')) {
+                    return Err(bad(
+                        "`input` must be a non-empty string or a non-empty array of strings or token arrays",
+                        Some("input"),
+                    ));
+                }
+                return Ok(request);
+            }
         }
         request.stream = match request.parsed::<Value>("stream") {
             None | Some(Value::Null) => false,
@@ -73,6 +92,14 @@ impl ChatRequest {
                 .and_then(|o| o.get("include_usage").and_then(Value::as_bool))
                 .unwrap_or(false);
         Ok(request)
+    }
+
+    /// The raw value of `key` opens with `open` (`[` or `"`) and is not empty.
+    /// A raw value is valid JSON already, so this needs no parsing.
+    fn non_empty(&self, key: &str, open: char) -> bool {
+        let close = if open == '[' { ']' } else { '"' };
+        self.get(key)
+            .is_some_and(|raw| raw.get().strip_prefix(open).is_some_and(|rest| !rest.trim_start().starts_with(close)))
     }
 
     /// The raw value of a top-level field.
@@ -113,9 +140,14 @@ impl ChatRequest {
         self.set("stream_options", &Value::Object(options));
     }
 
-    /// Bytes of the raw `messages` value: the input to the pre-flight token estimate.
-    pub fn messages_bytes(&self) -> usize {
-        self.get("messages").map_or(0, |m| m.get().len())
+    /// Bytes of the raw prompt (`messages` or `input`): the input to the
+    /// pre-flight token estimate.
+    pub fn prompt_bytes(&self) -> usize {
+        let key = match self.operation {
+            Operation::Chat => "messages",
+            Operation::Embeddings => "input",
+        };
+        self.get(key).map_or(0, |m| m.get().len())
     }
 
     /// The body with `model` set to `model` and, when `rename_max_tokens`,
@@ -135,7 +167,7 @@ impl ChatRequest {
 }
 
 struct Upstream<'a> {
-    request: &'a ChatRequest,
+    request: &'a ApiRequest,
     model: &'a str,
     rename_max_tokens: bool,
 }
@@ -185,8 +217,8 @@ impl<'de> Deserialize<'de> for Fields {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<ChatRequest, String> {
-        ChatRequest::parse(text.as_bytes()).map_err(|e| e.message())
+    fn parse(text: &str) -> Result<ApiRequest, String> {
+        ApiRequest::parse(text.as_bytes(), Operation::Chat).map_err(|e| e.message())
     }
 
     #[test]
@@ -224,6 +256,16 @@ mod tests {
         assert!(parse(r#"{"model":"m","messages":[]}"#).unwrap_err().contains("`messages` must be a non-empty array"));
         assert!(parse(r#"{"model":"m","messages":"hi"}"#).unwrap_err().contains("`messages`"));
         assert!(parse(r#"{"model":"m","messages":[{}],"stream":"yes"}"#).unwrap_err().contains("`stream` must be"));
+    }
+
+    #[test]
+    fn embeddings_need_a_non_empty_input_and_no_messages() {
+        let parse = |text: &str| ApiRequest::parse(text.as_bytes(), Operation::Embeddings).map_err(|e| e.message());
+        assert!(parse(r#"{"model":"e","input":"hello"}"#).is_ok());
+        assert!(parse(r#"{"model":"e","input":["a","b"]}"#).is_ok());
+        assert!(parse(r#"{"model":"e","input":""}"#).unwrap_err().contains("`input` must be"));
+        assert!(parse(r#"{"model":"e","input":[]}"#).unwrap_err().contains("`input` must be"));
+        assert!(parse(r#"{"model":"e"}"#).unwrap_err().contains("`input` must be"));
     }
 
     #[test]

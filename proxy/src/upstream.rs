@@ -21,7 +21,7 @@ use routing::table::{Provider, ProviderKind, Target};
 
 use crate::errors::UpstreamError;
 use crate::mock::MockStream;
-use crate::request::ChatRequest;
+use crate::request::{ApiRequest, Operation};
 use crate::sse;
 use crate::translate::TranslateError;
 use crate::translate::anthropic::{self, AnthropicDefaults};
@@ -34,7 +34,7 @@ pub struct Call<'a> {
     pub api_key: Option<&'a Redacted>,
     pub target: &'a Target,
     /// The client's request.
-    pub body: &'a ChatRequest,
+    pub body: &'a ApiRequest,
     pub stream: bool,
     pub request_id: &'a HeaderValue,
     /// The provider's prepared endpoint (`None` for `mock`).
@@ -59,6 +59,8 @@ pub struct Endpoint {
     base_url: String,
     /// The fixed chat URL, for providers whose path does not.
     chat_uri: Option<http::Uri>,
+    /// The embeddings URL of OpenAI-shaped providers.
+    embeddings_uri: Option<http::Uri>,
     headers: HeaderMap,
 }
 
@@ -80,6 +82,12 @@ impl Endpoint {
         let chat_uri = match path {
             Some(path) => Some(parse_uri(&format!("{}{path}", provider.base_url))?),
             None => None,
+        };
+        let embeddings_uri = match provider.kind {
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mistral => {
+                Some(parse_uri(&format!("{}/embeddings", provider.base_url))?)
+            }
+            _ => None,
         };
         let mut headers = HeaderMap::new();
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -108,7 +116,7 @@ impl Endpoint {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        Ok(Self { base_url: provider.base_url.clone(), chat_uri, headers })
+        Ok(Self { base_url: provider.base_url.clone(), chat_uri, embeddings_uri, headers })
     }
 }
 
@@ -151,6 +159,9 @@ impl Upstreams {
     /// non-streaming calls, the whole body) has arrived. Timeouts are the
     /// caller's: dropping the future cancels the upstream request.
     pub async fn send(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
+        if call.body.operation == Operation::Embeddings {
+            return self.send_embeddings(&call).await;
+        }
         match call.provider.kind {
             ProviderKind::Mock => crate::mock::answer(&call).await,
             ProviderKind::Openai | ProviderKind::OpenaiCompatible => self.send_openai(&call).await,
@@ -158,6 +169,24 @@ impl Upstreams {
             ProviderKind::Gemini => self.send_gemini(&call).await,
             ProviderKind::Mistral => self.send_mistral(&call).await,
             other => Err(UpstreamError::Unsupported(other.as_str())),
+        }
+    }
+
+    /// `/v1/embeddings` of OpenAI-shaped providers (the client's body with
+    /// the target's model), and the mock's deterministic vectors.
+    async fn send_embeddings(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
+        match call.provider.kind {
+            ProviderKind::Mock => crate::mock::embed(call).await,
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mistral => {
+                let uri = endpoint(call)?.embeddings_uri.clone();
+                let body = call.body.to_upstream_json(&call.target.model, false);
+                let incoming = self.post(call, uri, body, |_, body| (body, None)).await?;
+                Ok(Reply::Json(read_all(incoming).await?))
+            }
+            other => Err(UpstreamError::Untranslatable(format!(
+                "embeddings through provider `{}` are not supported yet",
+                other.as_str()
+            ))),
         }
     }
 

@@ -304,3 +304,24 @@ def test_upstream_key_never_shows_in_admin_endpoints_or_logs(client, stack):
             body = response.read().decode("utf-8", "replace")
         assert UPSTREAM_KEY not in body, f"the upstream key leaked into {path}"
     assert UPSTREAM_KEY not in stack.proxy.output(last=100_000), "the upstream key leaked into the proxy log"
+
+
+# === Embeddings ===
+
+
+def test_embeddings_via_fake_upstream(client):
+    raw = client.embeddings.with_raw_response.create(model="chat", input=["first text", "second text"])
+    assert raw.status_code == 200
+    assert raw.headers.get("x-switchyard-target") == ROUTES["chat"]
+    result = raw.parse()
+    assert isinstance(result, openai.types.CreateEmbeddingResponse)
+    assert [item.index for item in result.data] == [0, 1]
+    # The SDK asks for base64 and decodes it: the vectors arrive as floats.
+    assert all(len(item.embedding) > 0 and isinstance(item.embedding[0], float) for item in result.data)
+    assert result.data[0].embedding != result.data[1].embedding
+    assert result.usage.prompt_tokens > 0
+
+
+def test_embeddings_of_an_unknown_model_raise_not_found(client):
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="no-such-alias", input="hello")
