@@ -135,6 +135,9 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::openai_request::{
+    Fields, ToolCall, content_parts, content_type_error, parse_data_url, part_text, stop_sequences, tool_call,
+};
 use super::{CompactJson, ErrorKind, TokenUsage, TranslateError, unix_now};
 
 /// The `max_tokens` sent when the client sets neither `max_completion_tokens`
@@ -341,21 +344,6 @@ pub fn chat_to_messages(
     Ok(Value::Object(out))
 }
 
-/// Request fields, minus the ones the target drops; `null` counts as absent.
-struct Fields<'a> {
-    body: &'a Map<String, Value>,
-    dropped: &'a [String],
-}
-
-impl<'a> Fields<'a> {
-    fn get(&self, name: &str) -> Option<&'a Value> {
-        if self.dropped.iter().any(|d| d == name) {
-            return None;
-        }
-        self.body.get(name).filter(|v| !v.is_null())
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     User,
@@ -465,32 +453,6 @@ fn with_cache_control(mut block: Value, part: &Map<String, Value>) -> Value {
     block
 }
 
-/// One content part: its path, its object and its `type`.
-type Part<'a> = (String, &'a Map<String, Value>, &'a str);
-
-fn content_parts<'a>(content: &'a [Value], path: &str) -> Result<Vec<Part<'a>>, TranslateError> {
-    content
-        .iter()
-        .enumerate()
-        .map(|(k, part)| {
-            let part_path = format!("{path}.content[{k}]");
-            let object = part.as_object().ok_or_else(|| {
-                TranslateError::invalid(&part_path, format!("`{part_path}` must be an object with a `type`"))
-            })?;
-            let kind = object.get("type").and_then(Value::as_str).ok_or_else(|| {
-                TranslateError::invalid(format!("{part_path}.type"), format!("`{part_path}.type` is required"))
-            })?;
-            Ok((part_path, object, kind))
-        })
-        .collect()
-}
-
-fn part_text<'a>(part: &'a Map<String, Value>, key: &str, part_path: &str) -> Result<&'a str, TranslateError> {
-    part.get(key).and_then(Value::as_str).ok_or_else(|| {
-        TranslateError::invalid(format!("{part_path}.{key}"), format!("`{part_path}.{key}` must be a string"))
-    })
-}
-
 fn system_blocks(content: Option<&Value>, path: &str) -> Result<Vec<Value>, TranslateError> {
     match content {
         None | Some(Value::Null) => Ok(Vec::new()),
@@ -515,13 +477,6 @@ fn system_blocks(content: Option<&Value>, path: &str) -> Result<Vec<Value>, Tran
         }
         Some(_) => Err(content_type_error(path)),
     }
-}
-
-fn content_type_error(path: &str) -> TranslateError {
-    TranslateError::invalid(
-        format!("{path}.content"),
-        format!("`{path}.content` must be a string or an array of content parts"),
-    )
 }
 
 fn user_blocks(content: Option<&Value>, path: &str) -> Result<Vec<Value>, TranslateError> {
@@ -561,15 +516,6 @@ fn user_blocks(content: Option<&Value>, path: &str) -> Result<Vec<Value>, Transl
         }
     }
     Ok(blocks)
-}
-
-/// Splits `data:<mime>;base64,<data>` into `(mime, data)`.
-fn parse_data_url(url: &str) -> Option<(&str, &str)> {
-    let rest = url.strip_prefix("data:")?;
-    let (header, data) = rest.split_once(',')?;
-    let mut params = header.split(';');
-    let mime = params.next()?;
-    params.any(|p| p.eq_ignore_ascii_case("base64")).then_some((mime, data))
 }
 
 fn image_block(part: &Map<String, Value>, part_path: &str) -> Result<Value, TranslateError> {
@@ -696,47 +642,8 @@ fn assistant_blocks(message: &Map<String, Value>, path: &str) -> Result<Vec<Valu
 }
 
 fn tool_use(call: &Value, path: &str) -> Result<Value, TranslateError> {
-    let kind = call.get("type").and_then(Value::as_str).unwrap_or("function");
-    if kind != "function" {
-        return Err(TranslateError::unsupported(
-            format!("{path}.type"),
-            format!("`{path}.type` is `{kind}`; anthropic can replay only `function` tool calls"),
-        ));
-    }
-    let id = call.get("id").and_then(Value::as_str).filter(|id| !id.is_empty()).ok_or_else(|| {
-        TranslateError::invalid(
-            format!("{path}.id"),
-            format!("`{path}.id` is required: send the id the model gave the call"),
-        )
-    })?;
-    let function = call.get("function");
-    let name =
-        function.and_then(|f| f.get("name")).and_then(Value::as_str).filter(|n| !n.is_empty()).ok_or_else(|| {
-            TranslateError::invalid(format!("{path}.function.name"), format!("`{path}.function.name` is required"))
-        })?;
-    let arguments_path = format!("{path}.function.arguments");
-    let input = match function.and_then(|f| f.get("arguments")) {
-        None | Some(Value::Null) => json!({}),
-        Some(Value::String(text)) if text.trim().is_empty() => json!({}),
-        Some(Value::String(text)) => serde_json::from_str(text).map_err(|error| {
-            TranslateError::invalid(
-                &arguments_path,
-                format!(
-                    "`{arguments_path}` is not valid JSON ({error}): send the arguments as a JSON-encoded object, \
-                     e.g. \"{{\\\"city\\\":\\\"Oslo\\\"}}\""
-                ),
-            )
-        })?,
-        Some(object @ Value::Object(_)) => object.clone(),
-        Some(_) => Value::Null,
-    };
-    if !input.is_object() {
-        return Err(TranslateError::invalid(
-            &arguments_path,
-            format!("`{arguments_path}` must encode a JSON object (anthropic tool input is an object)"),
-        ));
-    }
-    Ok(json!({"type": "tool_use", "id": tool_id(id), "name": name, "input": input}))
+    let ToolCall { id, name, arguments } = tool_call(call, path, "anthropic")?;
+    Ok(json!({"type": "tool_use", "id": tool_id(id), "name": name, "input": arguments}))
 }
 
 /// Anthropic tool ids must match `[A-Za-z0-9_-]+`; others become `_`, the
@@ -878,21 +785,6 @@ fn response_format(format: &Value) -> Result<ResponseFormat, TranslateError> {
             "response_format.type",
             "`response_format.type` must be text, json_object or json_schema",
         )),
-    }
-}
-
-fn stop_sequences(stop: &Value) -> Result<Vec<Value>, TranslateError> {
-    match stop {
-        Value::String(s) => Ok(vec![Value::String(s.clone())]),
-        Value::Array(list) => list
-            .iter()
-            .enumerate()
-            .map(|(k, s)| match s {
-                Value::String(_) => Ok(s.clone()),
-                _ => Err(TranslateError::invalid(format!("stop[{k}]"), format!("`stop[{k}]` must be a string"))),
-            })
-            .collect(),
-        _ => Err(TranslateError::invalid("stop", "`stop` must be a string or an array of strings")),
     }
 }
 
@@ -1880,7 +1772,7 @@ mod tests {
             {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]}]});
         assert_eq!(
             request(array).unwrap_err().to_string(),
-            "`messages[1].tool_calls[0].function.arguments` must encode a JSON object (anthropic tool input is an object)"
+            "`messages[1].tool_calls[0].function.arguments` must encode a JSON object (anthropic takes tool arguments as an object)"
         );
     }
 

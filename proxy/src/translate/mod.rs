@@ -22,6 +22,7 @@
 pub mod anthropic;
 pub mod gemini;
 pub mod mistral;
+mod openai_request;
 
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
