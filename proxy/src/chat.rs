@@ -118,7 +118,8 @@ async fn serve(
                     provider: candidate.target.provider.clone(),
                     first_choice: plan.candidates[0].target.name.clone(),
                     fallback: candidate.fallback,
-                    attempts: attempts.len(),
+                    // The failed attempts before this one, and this one.
+                    attempts: attempts.len() + 1,
                     request_id: request_id.clone(),
                     started,
                     estimated_input,
@@ -219,7 +220,8 @@ enum Answer {
 }
 
 impl Request<'_> {
-    /// All attempts (first try plus retries) at one candidate.
+    /// All attempts (first try plus retries) at one candidate; each failed
+    /// one is added to `attempts`.
     async fn try_candidate(
         &self,
         candidate: &Candidate<'_>,
@@ -259,12 +261,11 @@ impl Request<'_> {
             let error = match result {
                 Ok(answer) => {
                     stats.record_success(u64::try_from(attempt_started.elapsed().as_micros()).unwrap_or(u64::MAX));
-                    attempts.push(self.record(route, target, "ok".into()));
                     return Ok(answer);
                 }
                 Err(error) => error,
             };
-            attempts.push(self.record(route, target, format!("{}: {error}", error.label())));
+            attempts.push(self.record(route, target, &error));
             let class = error.class();
             if error.counts_against_target()
                 && stats.record_failure(route.circuit_breaker.consecutive_failures, route.circuit_breaker.open_for_ms)
@@ -291,12 +292,14 @@ impl Request<'_> {
         }
     }
 
-    fn record(&self, route: &Route, target: &Target, outcome: String) -> AttemptRecord {
+    /// A failed attempt, for the error body and the log.
+    fn record(&self, route: &Route, target: &Target, error: &UpstreamError) -> AttemptRecord {
         AttemptRecord {
             route: route.alias.clone(),
             target: target.name.clone(),
             provider: target.provider.clone(),
-            outcome,
+            outcome: format!("{}: {error}", error.label()),
+            provider_gap: matches!(error, UpstreamError::Untranslatable(_)),
         }
     }
 

@@ -122,6 +122,9 @@ pub struct AttemptRecord {
     pub target: String,
     pub provider: String,
     pub outcome: String,
+    /// The provider cannot express the request ([`UpstreamError::Untranslatable`]).
+    #[serde(skip)]
+    pub provider_gap: bool,
 }
 
 /// Everything that ends a request with an error.
@@ -181,7 +184,7 @@ impl ProxyError {
     fn no_target_could_express_it(&self) -> bool {
         matches!(self, Self::Exhausted { last, attempts, .. }
             if matches!(last.as_ref(), UpstreamError::Untranslatable(_))
-                && attempts.iter().all(|a| a.outcome.starts_with("untranslatable")))
+                && attempts.iter().all(|a| a.provider_gap))
     }
 
     /// The alias the request was routed by, once it was known to exist.

@@ -80,7 +80,7 @@ async fn a_broken_edit_keeps_the_previous_table_and_reports_why() {
 }
 
 #[tokio::test]
-async fn the_proxy_is_ready_only_once_it_has_a_table() {
+async fn an_empty_manifest_directory_is_a_ready_table_without_aliases() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start_in(dir).await;
     // An empty directory compiles to an empty table: valid, ready, no aliases.
