@@ -208,16 +208,13 @@ impl Upstreams {
             |status, body: Bytes| (Bytes::from(anthropic::to_openai_error(status, &body).to_string()), None);
         let incoming = self.post(call, None, body, error_body).await?;
         let alias = &call.body.model;
-        if call.stream {
-            // Always with the usage chunk: the chat handler strips it when
-            // the client did not ask for it, as for OpenAI upstreams.
-            let translator = anthropic::StreamTranslator::new(alias, true);
-            Ok(Reply::Stream(Events::translated(incoming, Box::new(translator))))
-        } else {
-            let answer = read_all(incoming).await?;
-            let chat = anthropic::messages_to_chat(&answer, alias).map_err(|error| translate_failure(&error))?;
-            Ok(Reply::Json(Bytes::from(chat.to_string())))
-        }
+        translated_reply(
+            call,
+            incoming,
+            || Box::new(anthropic::StreamTranslator::new(alias, true)),
+            |answer| anthropic::messages_to_chat(answer, alias),
+        )
+        .await
     }
 
     /// Gemini `generateContent` / `streamGenerateContent`, translated both
@@ -236,14 +233,13 @@ impl Upstreams {
         };
         let incoming = self.post(call, Some(uri), body, error_body).await?;
         let alias = &call.body.model;
-        if call.stream {
-            let translator = gemini::GeminiStreamTranslator::new(alias, true);
-            Ok(Reply::Stream(Events::translated(incoming, Box::new(translator))))
-        } else {
-            let answer = read_all(incoming).await?;
-            let chat = gemini::gemini_to_chat(&answer, alias).map_err(|error| translate_failure(&error))?;
-            Ok(Reply::Json(Bytes::from(chat.to_string())))
-        }
+        translated_reply(
+            call,
+            incoming,
+            || Box::new(gemini::GeminiStreamTranslator::new(alias, true)),
+            |answer| gemini::gemini_to_chat(answer, alias),
+        )
+        .await
     }
 
     /// Mistral: OpenAI-shaped with its own field list, tool-id rule and
@@ -253,14 +249,18 @@ impl Upstreams {
         let body = serde_json::to_vec(&body).unwrap_or_default();
         let error_body = |status, body: Bytes| (Bytes::from(mistral::to_openai_error(status, &body).to_string()), None);
         let incoming = self.post(call, None, body, error_body).await?;
-        if call.stream {
-            return Ok(Reply::Stream(Events::translated(incoming, Box::<mistral::StreamFixer>::default())));
-        }
-        let answer = read_all(incoming).await?;
-        let mut answer: serde_json::Value = serde_json::from_slice(&answer)
-            .map_err(|e| UpstreamError::Protocol(format!("mistral's answer is not valid JSON: {e}")))?;
-        mistral::fix_finish_reasons(&mut answer).map_err(|error| translate_failure(&error))?;
-        Ok(Reply::Json(Bytes::from(answer.to_string())))
+        translated_reply(
+            call,
+            incoming,
+            || Box::<mistral::StreamFixer>::default(),
+            |answer| {
+                let mut answer: serde_json::Value = serde_json::from_slice(answer)
+                    .map_err(|e| TranslateError::InvalidResponse(format!("mistral's answer is not valid JSON: {e}")))?;
+                mistral::fix_finish_reasons(&mut answer)?;
+                Ok(answer)
+            },
+        )
+        .await
     }
 
     /// POSTs `body` to the provider's endpoint and returns the body of a
@@ -309,6 +309,24 @@ impl Upstreams {
                 .map(|v| v.eq_ignore_ascii_case("true")),
         })
     }
+}
+
+/// The reply of a provider whose answers need translating: its stream
+/// through the translator `stream` makes, or its whole answer through
+/// `to_chat`. Translated streams always carry the usage chunk; the chat
+/// handler strips it when the client did not ask for it, as for OpenAI.
+async fn translated_reply(
+    call: &Call<'_>,
+    incoming: Incoming,
+    stream: impl FnOnce() -> Box<dyn ChunkTranslator>,
+    to_chat: impl FnOnce(&[u8]) -> Result<serde_json::Value, TranslateError>,
+) -> Result<Reply, UpstreamError> {
+    if call.stream {
+        return Ok(Reply::Stream(Events::translated(incoming, stream())));
+    }
+    let answer = read_all(incoming).await?;
+    let chat = to_chat(&answer).map_err(|error| translate_failure(&error))?;
+    Ok(Reply::Json(Bytes::from(chat.to_string())))
 }
 
 /// The provider's prepared endpoint, or why it cannot be called.
