@@ -10,6 +10,7 @@
 //! target needs changed.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -39,6 +40,8 @@ pub struct ApiRequest {
     pub stream: bool,
     /// The client set `stream_options.include_usage: true`.
     pub client_wants_usage: bool,
+    /// The whole request as a JSON map, built on first use (translated providers).
+    map: OnceLock<Map<String, Value>>,
 }
 
 fn bad(message: impl Into<String>, param: Option<&'static str>) -> ProxyError {
@@ -55,7 +58,14 @@ impl ApiRequest {
                 bad(format!("the request body is not valid JSON: {e}"), None)
             }
         })?;
-        let mut request = Self { operation, fields, model: String::new(), stream: false, client_wants_usage: false };
+        let mut request = Self {
+            operation,
+            fields,
+            model: String::new(),
+            stream: false,
+            client_wants_usage: false,
+            map: OnceLock::new(),
+        };
         request.model = match request.parsed::<Value>("model") {
             Some(Value::String(model)) if !model.is_empty() => model,
             _ => {
@@ -119,6 +129,7 @@ impl ApiRequest {
     /// Sets a top-level field.
     pub fn set(&mut self, key: &str, value: &Value) {
         let Ok(raw) = serde_json::value::to_raw_value(value) else { return };
+        self.map.take();
         match self.fields.iter_mut().find(|(k, _)| k == key) {
             Some((_, slot)) => *slot = raw,
             None => self.fields.push((key.to_owned(), raw)),
@@ -157,12 +168,15 @@ impl ApiRequest {
         serde_json::to_vec(&Upstream { request: self, model, rename_max_tokens }).unwrap_or_default()
     }
 
-    /// The whole request as a JSON map, for translators that rewrite it.
-    pub fn to_map(&self) -> Map<String, Value> {
-        self.fields
-            .iter()
-            .filter_map(|(k, v)| serde_json::from_str(v.get()).ok().map(|value| (k.clone(), value)))
-            .collect()
+    /// The whole request as a JSON map, for translators that rewrite it;
+    /// parsed once per request, however many attempts read it.
+    pub fn as_map(&self) -> &Map<String, Value> {
+        self.map.get_or_init(|| {
+            self.fields
+                .iter()
+                .filter_map(|(k, v)| serde_json::from_str(v.get()).ok().map(|value| (k.clone(), value)))
+                .collect()
+        })
     }
 }
 
@@ -266,6 +280,14 @@ mod tests {
         assert!(parse(r#"{"model":"e","input":""}"#).unwrap_err().contains("`input` must be"));
         assert!(parse(r#"{"model":"e","input":[]}"#).unwrap_err().contains("`input` must be"));
         assert!(parse(r#"{"model":"e"}"#).unwrap_err().contains("`input` must be"));
+    }
+
+    #[test]
+    fn the_json_map_follows_fields_set_after_it_was_first_read() {
+        let mut request = parse(r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}"#).unwrap();
+        assert_eq!(request.as_map().get("stream_options"), None);
+        request.request_usage();
+        assert_eq!(request.as_map()["stream_options"], serde_json::json!({"include_usage": true}));
     }
 
     #[test]

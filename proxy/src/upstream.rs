@@ -198,7 +198,7 @@ impl Upstreams {
     /// Anthropic Messages, translated both ways (see [`crate::translate::anthropic`]).
     async fn send_anthropic(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
         let mut body =
-            anthropic::chat_to_messages(&call.body.to_map(), &call.target.model, &AnthropicDefaults::default())
+            anthropic::chat_to_messages(call.body.as_map(), &call.target.model, &AnthropicDefaults::default())
                 .map_err(|error| translate_failure(&error))?;
         if call.stream {
             body["stream"] = serde_json::Value::Bool(true);
@@ -220,7 +220,7 @@ impl Upstreams {
     /// Gemini `generateContent` / `streamGenerateContent`, translated both
     /// ways (see [`crate::translate::gemini`]).
     async fn send_gemini(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
-        let body = gemini::chat_to_gemini(&call.body.to_map(), &GeminiDefaults::default())
+        let body = gemini::chat_to_gemini(call.body.as_map(), &GeminiDefaults::default())
             .map_err(|error| translate_failure(&error))?;
         let endpoint = endpoint(call)?;
         let method = if call.stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
@@ -245,7 +245,7 @@ impl Upstreams {
     /// Mistral: OpenAI-shaped with its own field list, tool-id rule and
     /// finish reasons (see [`crate::translate::mistral`]).
     async fn send_mistral(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
-        let body = mistral::chat_to_mistral(&call.body.to_map(), &call.target.model);
+        let body = mistral::chat_to_mistral(call.body.as_map(), &call.target.model);
         let body = serde_json::to_vec(&body).unwrap_or_default();
         let error_body = |status, body: Bytes| (Bytes::from(mistral::to_openai_error(status, &body).to_string()), None);
         let incoming = self.post(call, None, body, error_body).await?;
