@@ -15,6 +15,7 @@
 pub mod api;
 pub mod compile;
 pub mod diag;
+pub mod distribution;
 pub mod manifest;
 pub mod secret;
 pub mod table;
