@@ -1,16 +1,12 @@
-//! `fake-openai`: runs [`proxy::testing::FakeOpenAi`] as its own process, for the Python SDK
-//! conformance test, benchmarks and manual poking.
-//!
-//! The first line on stdout is `listening on http://ADDR/v1` (flushed), so a script can start it
-//! with `--listen 127.0.0.1:0` and read the port. It stops on SIGTERM or ctrl-c. Request
-//! recording is off, so memory stays flat however long a benchmark runs.
+//! `fake-openai`: runs [`proxy::testing::FakeOpenAi`] as its own process (the same as
+//! `fake-upstream --provider openai`, with its own environment variables). See
+//! [`proxy::testing::process`] for what it prints and how it stops.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use proxy::testing::FakeOpenAi;
+use proxy::testing::process::{FakeProvider, serve_until_signalled};
 
 /// A fake OpenAI upstream speaking the real chat completions wire format.
 #[derive(Debug, Parser)]
@@ -30,56 +26,5 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let Args { listen, api_key, name } = Args::parse();
-    let started = match &name {
-        Some(name) => FakeOpenAi::start_on_named(listen, name).await,
-        None => FakeOpenAi::start_on(listen).await,
-    };
-    let fake = match started {
-        Ok(fake) => fake,
-        Err(err) => {
-            eprintln!("fake-openai: cannot listen on {listen}: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    fake.record_requests(false);
-    if let Some(key) = &api_key {
-        fake.require_api_key(key);
-    }
-    {
-        let mut stdout = std::io::stdout().lock();
-        let announced = writeln!(stdout, "listening on {}", fake.base_url()).and_then(|()| stdout.flush());
-        if let Err(err) = announced {
-            eprintln!("fake-openai: cannot write the listening address to stdout: {err}");
-            return ExitCode::FAILURE;
-        }
-    }
-    wait_for_shutdown().await;
-    drop(fake);
-    ExitCode::SUCCESS
-}
-
-/// Resolves on ctrl-c or, on unix, SIGTERM.
-async fn wait_for_shutdown() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(err) => {
-                eprintln!("fake-openai: cannot listen for SIGTERM, only ctrl-c stops it: {err}");
-                if let Err(err) = tokio::signal::ctrl_c().await {
-                    eprintln!("fake-openai: cannot listen for ctrl-c either: {err}");
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    if let Err(err) = tokio::signal::ctrl_c().await {
-        eprintln!("fake-openai: cannot listen for ctrl-c: {err}");
-    }
+    serve_until_signalled("fake-openai", FakeProvider::Openai, listen, api_key.as_deref(), name.as_deref()).await
 }

@@ -1,4 +1,5 @@
-//! Test doubles shared by `proxy/tests`, the `e2e` package and the `fake-openai` binary.
+//! Test doubles shared by `proxy/tests`, the `e2e` package and the `fake-openai` and
+//! `fake-upstream` binaries ([`process`]).
 //!
 //! Only compiled with the `testing` cargo feature. Nothing here is used by the proxy itself.
 //!
@@ -12,6 +13,7 @@ mod common;
 pub mod fake_anthropic;
 pub mod fake_gemini;
 pub mod fake_openai;
+pub mod process;
 
 pub use fake_anthropic::{AnthropicBehaviour, FakeAnthropic};
 pub use fake_gemini::{FakeGemini, GeminiBehaviour};
