@@ -14,6 +14,7 @@ use crate::admin::Admin;
 use crate::args::Args;
 use crate::chat::{self, Context};
 use crate::errors::ProxyError;
+use crate::messages;
 use crate::metrics::Metrics;
 use crate::request::Operation;
 use crate::server::{self, Body, Handler, full};
@@ -83,7 +84,11 @@ impl Handler for DataPlane {
             (&Method::POST, "/v1/embeddings") => {
                 chat::handle(&self.chat, &parts.headers, body, &request_id, Operation::Embeddings).await
             }
+            (&Method::POST, "/v1/messages") => {
+                return messages::handle(&self.chat, &parts.headers, body, &request_id).await;
+            }
             (&Method::GET, "/v1/models") => self.models(&request_id),
+            (_, "/v1/messages") => return ProxyError::MethodNotAllowed.into_anthropic_response(&request_id),
             (_, "/v1/chat/completions" | "/v1/embeddings" | "/v1/models") => Err(ProxyError::MethodNotAllowed),
             (_, path) => Err(ProxyError::NotFound(path.to_owned())),
         };

@@ -60,8 +60,25 @@ pub async fn handle(
     request_id: &HeaderValue,
     operation: Operation,
 ) -> Result<Response<Body>, ProxyError> {
+    handle_translated(ctx, headers, body, request_id, operation, Ok).await
+}
+
+/// [`handle`] for a request that arrives in another API's shape:
+/// `to_openai` turns the body into the OpenAI request (its errors are
+/// counted and logged like any other bad request).
+pub async fn handle_translated(
+    ctx: &Arc<Context>,
+    headers: &HeaderMap,
+    body: Incoming,
+    request_id: &HeaderValue,
+    operation: Operation,
+    to_openai: impl FnOnce(Bytes) -> Result<Bytes, ProxyError>,
+) -> Result<Response<Body>, ProxyError> {
     let started = Instant::now();
-    let result = serve(ctx, headers, body, request_id, started, operation).await;
+    let result = match read_body(body).await.and_then(to_openai) {
+        Ok(bytes) => serve(ctx, headers, &bytes, request_id, started, operation).await,
+        Err(error) => Err(error),
+    };
     if let Err(error) = &result {
         record_failure(&ctx.metrics, request_id, started, error);
     }
@@ -71,12 +88,12 @@ pub async fn handle(
 async fn serve(
     ctx: &Arc<Context>,
     headers: &HeaderMap,
-    body: Incoming,
+    bytes: &[u8],
     request_id: &HeaderValue,
     started: Instant,
     operation: Operation,
 ) -> Result<Response<Body>, ProxyError> {
-    let mut body = ApiRequest::parse(&read_body(body).await?, operation)?;
+    let mut body = ApiRequest::parse(bytes, operation)?;
     let alias = body.model.clone();
     let stream = body.stream;
     let live = ctx.routing.snapshot().ok_or(ProxyError::NotReady)?;

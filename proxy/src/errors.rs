@@ -8,6 +8,7 @@ use http::{HeaderValue, Response, StatusCode};
 use serde_json::json;
 
 use crate::server::{Body, full};
+use crate::translate::anthropic_inbound;
 
 /// Why one upstream attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -262,15 +263,29 @@ impl ProxyError {
         }
     }
 
-    /// The single rescue point: every error response of the data port is built here.
+    /// The single rescue point: every error response of the data port is built here
+    /// (in Anthropic's shape by [`into_anthropic_response`](Self::into_anthropic_response)).
     pub fn into_response(self, request_id: &HeaderValue) -> Response<Body> {
-        let status = self.status();
         // An upstream's own OpenAI-shaped error body is the most useful thing
         // to pass on for a rejected request; anything else gets ours.
         let body = match &self {
             Self::Rejected { body, .. } if upstream_message(body).is_some() => body.clone(),
             _ => Bytes::from(self.body().to_string()),
         };
+        self.respond(body, request_id)
+    }
+
+    /// The error for an Anthropic Messages client (`POST /v1/messages`):
+    /// `{"type":"error","error":{"type","message"},"request_id"}` with the
+    /// same status, message and headers as [`into_response`](Self::into_response).
+    pub fn into_anthropic_response(self, request_id: &HeaderValue) -> Response<Body> {
+        let id = request_id.to_str().unwrap_or_default();
+        let body = anthropic_inbound::error_body(self.status().as_u16(), &self.message(), id);
+        self.respond(Bytes::from(body.to_string()), request_id)
+    }
+
+    fn respond(self, body: Bytes, request_id: &HeaderValue) -> Response<Body> {
+        let status = self.status();
         let mut response = Response::new(full(body));
         *response.status_mut() = status;
         let headers = response.headers_mut();

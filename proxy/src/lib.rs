@@ -1,6 +1,7 @@
 //! Switchyard's data plane.
 //!
 //! Serves the OpenAI-compatible API (`/v1/chat/completions`, `/v1/models`)
+//! and Anthropic's Messages API (`/v1/messages`)
 //! from a routing table that is swapped atomically while requests are in
 //! flight. Each request takes one snapshot of the table and makes every
 //! decision (target, retries, fallbacks) against it. Where tables come from is
@@ -13,6 +14,7 @@ pub mod app;
 pub mod args;
 pub mod chat;
 pub mod errors;
+pub mod messages;
 pub mod metrics;
 pub mod mock;
 pub mod plan;

@@ -164,7 +164,7 @@ impl Default for AnthropicDefaults {
 }
 
 /// Anthropic's accepted image media types.
-const IMAGE_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
+pub(super) const IMAGE_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
 
 /// The user turn put before a conversation that starts with the assistant.
 const LEADING_USER_TEXT: &str = "(continued)";

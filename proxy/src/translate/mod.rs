@@ -15,11 +15,15 @@
 //! - [`gemini`]: Gemini `generateContent` / `streamGenerateContent`, the same.
 //! - [`mistral`]: Mistral's OpenAI-shaped API with its own fields and rules.
 //!
+//! And one inbound API: [`anthropic_inbound`] serves Anthropic Messages
+//! clients (`POST /v1/messages` on the proxy) through the OpenAI chat path.
+//!
 //! Shared here: the error type of a translation ([`TranslateError`]), the
 //! provider-neutral class of an upstream error ([`ErrorKind`]) and token
 //! counts in OpenAI's terms ([`TokenUsage`]).
 
 pub mod anthropic;
+pub mod anthropic_inbound;
 pub mod gemini;
 pub mod mistral;
 mod openai_request;
