@@ -78,7 +78,7 @@
 //! `kubectl apply`, and a warning says so.
 
 mod fallbacks;
-pub(crate) mod parse;
+pub mod parse;
 mod validate;
 
 #[cfg(test)]
