@@ -36,17 +36,24 @@ pub struct Stores {
 /// (namespace, name) whose changes do not wake the loop: the operator's own
 /// snapshot Secret.
 pub fn watch(client: &Client, namespace: Option<&str>, ignore: (String, String), wake: Arc<Notify>) -> Stores {
-    let routes = spawn_watch(api(client, namespace), "ModelRoute", wake.clone(), |_| false);
-    let providers = spawn_watch(api(client, namespace), "ProviderSecret", wake.clone(), |_| false);
+    let routes = spawn_watch(api(client, namespace), "ModelRoute", wake.clone(), generation::<ModelRoute>);
+    let providers = spawn_watch(api(client, namespace), "ProviderSecret", wake.clone(), generation::<ProviderSecret>);
     let secrets = spawn_watch(
         api::<PartialObjectMeta<Secret>>(client, namespace),
         "Secret",
         wake,
         move |meta: &PartialObjectMeta<Secret>| {
-            meta.namespace().as_deref() == Some(ignore.0.as_str()) && meta.name_any() == ignore.1
+            let own = meta.namespace().as_deref() == Some(ignore.0.as_str()) && meta.name_any() == ignore.1;
+            if own { None } else { meta.resource_version() }
         },
     );
     Stores { routes, providers, secrets, client: client.clone() }
+}
+
+/// What compile reads of a custom resource changes only with its generation
+/// (the spec); the resourceVersion stands in where there is none.
+fn generation<K: Resource>(object: &K) -> Option<String> {
+    object.meta().generation.map(|g| g.to_string()).or_else(|| object.meta().resource_version.clone())
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -60,13 +67,15 @@ where
     }
 }
 
-/// Watches `api` into a store; every change, except of objects `skip`
-/// matches, wakes the compile loop.
+/// Watches `api` into a store. A change wakes the compile loop only when
+/// `compiled` (the part of the object compile reads: the generation, or a
+/// Secret's resourceVersion) changed; objects for which it is `None` never
+/// wake it. Status writes, which bump neither, so cost no compile.
 fn spawn_watch<K>(
     api: Api<K>,
     kind: &'static str,
     wake: Arc<Notify>,
-    skip: impl Fn(&K) -> bool + Send + 'static,
+    compiled: impl Fn(&K) -> Option<String> + Send + 'static,
 ) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -75,15 +84,26 @@ where
     let (reader, writer) = reflector::store::<K>();
     let stream = watcher(api, watcher::Config::default().any_semantic());
     tokio::spawn(async move {
+        let mut seen: HashMap<(Option<String>, String), String> = HashMap::new();
         let mut events = std::pin::pin!(reflector::reflector(writer, stream.default_backoff()));
         while let Some(event) = events.next().await {
             match event {
-                Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) if !skip(&object) => {
-                    wake.notify_one()
+                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                    let Some(version) = compiled(&object) else { continue };
+                    let key = (object.meta().namespace.clone(), object.meta().name.clone().unwrap_or_default());
+                    if seen.insert(key, version.clone()).as_ref() != Some(&version) {
+                        wake.notify_one();
+                    }
+                }
+                Ok(watcher::Event::Delete(object)) => {
+                    if compiled(&object).is_some() {
+                        seen.remove(&(object.meta().namespace.clone(), object.meta().name.clone().unwrap_or_default()));
+                        wake.notify_one();
+                    }
                 }
                 // A (re)list ends with InitDone: the store was replaced, anything may have changed.
                 Ok(watcher::Event::InitDone) => wake.notify_one(),
-                Ok(_) => {}
+                Ok(watcher::Event::Init) => seen.clear(),
                 Err(error) => tracing::warn!(kind, %error, "watch failed; retrying"),
             }
         }
