@@ -336,7 +336,8 @@ pub struct ProxiesStatus {
     /// Live proxies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<u32>,
-    /// Hash of the table in force, `sha256:<hex>`.
+    /// Hash (`sha256:<hex>`) of the first snapshot that carried this generation; later
+    /// snapshots that change other objects do not rewrite it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
 }
