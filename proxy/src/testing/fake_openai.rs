@@ -32,6 +32,13 @@
 //! - `completion_tokens`: the number of content chunks, i.e. words of the answer;
 //! - all `*_details` counters are 0.
 //!
+//! When the request has a non-empty `tools` array and its last message is a `user` message whose
+//! text contains `weather` (any case), the answer is a tool call instead: `content: null`, one
+//! `tool_calls` entry `{"id":"call_…","type":"function","function":{"name":<first tool's
+//! name>,"arguments":"{\"city\":\"Oslo\"}"}}` and `finish_reason: "tool_calls"`, counted as 2
+//! completion tokens (its two argument fragments). A follow-up that ends with the `tool` result
+//! gets the normal text answer, which ends the tool loop.
+//!
 //! `max_completion_tokens` (or else `max_tokens`) cuts the answer to that many words with
 //! `finish_reason: "length"`; otherwise `finish_reason` is `"stop"`. Embeddings count words per
 //! text input and one token per element of a token-array input.
@@ -41,7 +48,9 @@
 //! The first chunk has `delta: {"role":"assistant","content":""}`, then one chunk per word, then a
 //! finish chunk with `delta: {}` and the `finish_reason`. With `stream_options.include_usage:
 //! true` every chunk carries `"usage": null` and an extra chunk with `"choices": []` and the usage
-//! comes right before `[DONE]`. Like OpenAI, every chunk carries a random `obfuscation` string
+//! comes right before `[DONE]`. A tool call streams as the role chunk (`content: null`), a
+//! chunk with the call's `index`, `id`, `type`, `function.name` and `arguments: ""`, then one
+//! chunk per argument fragment (`{"city":`, `"Oslo"}`), then the finish chunk. Like OpenAI, every chunk carries a random `obfuscation` string
 //! unless the request sets `stream_options.include_obfuscation: false`.
 //!
 //! # Response headers
@@ -477,6 +486,9 @@ struct ChatRequest {
     include_obfuscation: bool,
     prompt_tokens: u64,
     max_tokens: Option<usize>,
+    /// The first tool's name, when the last message asks a `user` question about the weather
+    /// and the request offers tools.
+    weather_tool: Option<String>,
 }
 
 impl ChatRequest {
@@ -526,7 +538,17 @@ impl ChatRequest {
             .iter()
             .find_map(|field| body.get(*field).and_then(Value::as_u64))
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let asks_for_weather = messages.last().is_some_and(|m| {
+            m.get("role").and_then(Value::as_str) == Some("user") && message_text(m).to_lowercase().contains("weather")
+        });
+        let weather_tool = body
+            .get("tools")
+            .and_then(Value::as_array)
+            .and_then(|tools| tools.first())
+            .filter(|_| asks_for_weather)
+            .map(|tool| tool.pointer("/function/name").and_then(Value::as_str).unwrap_or("tool").to_owned());
         Ok(ChatRequest {
+            weather_tool,
             prompt_tokens: messages.iter().map(message_words).sum(),
             include_usage: option("include_usage").unwrap_or(false),
             include_obfuscation: option("include_obfuscation").unwrap_or(true),
@@ -538,13 +560,30 @@ impl ChatRequest {
 }
 
 fn message_words(message: &Value) -> u64 {
-    match message.get("content") {
-        Some(Value::String(text)) => words(text),
-        Some(Value::Array(parts)) => {
-            parts.iter().filter_map(|part| part.get("text").and_then(Value::as_str)).map(words).sum()
-        }
-        _ => 0,
-    }
+    message_texts(message).map(words).sum()
+}
+
+/// The texts of a message: string `content`, or the `text` of its content parts.
+fn message_texts(message: &Value) -> impl Iterator<Item = &str> {
+    let (single, parts) = match message.get("content") {
+        Some(Value::String(text)) => (Some(text.as_str()), None),
+        Some(Value::Array(parts)) => (None, Some(parts)),
+        _ => (None, None),
+    };
+    single.into_iter().chain(parts.into_iter().flatten().filter_map(|p| p.get("text").and_then(Value::as_str)))
+}
+
+fn message_text(message: &Value) -> String {
+    message_texts(message).collect::<Vec<_>>().join(" ")
+}
+
+/// The tool call's arguments, streamed in these fragments; they concatenate to
+/// `{"city":"Oslo"}`.
+const TOOL_ARGUMENT_FRAGMENTS: &[&str] = &["{\"city\":", "\"Oslo\"}"];
+
+/// `call_` and 24 random alphanumerics, like OpenAI's tool-call ids.
+fn tool_call_id() -> String {
+    format!("call_{}", random_alphanumeric(24))
 }
 
 fn default_text(model: &str, name: Option<&str>) -> String {
@@ -576,32 +615,45 @@ async fn chat(ctx: Ctx<Behaviour>, json: Option<Value>) -> Response<FakeBody> {
 }
 
 async fn chat_json(ctx: Ctx<Behaviour>, request: ChatRequest, behaviour: Behaviour) -> Response<FakeBody> {
-    let text = match behaviour {
-        Behaviour::Text(text) => text,
+    let (text, tool) = match behaviour {
+        Behaviour::Text(text) => (text, None),
         other => match non_stream_prelude(other).await {
-            Prelude::Answer => default_text(&request.model, ctx.shared.name()),
+            Prelude::Answer => (default_text(&request.model, ctx.shared.name()), request.weather_tool.clone()),
             Prelude::Reply(reply) => return ctx.reply(reply),
         },
     };
+    if let Some(name) = tool {
+        let arguments = TOOL_ARGUMENT_FRAGMENTS.concat();
+        let call = ToolCallJson {
+            id: &tool_call_id(),
+            kind: "function",
+            function: FunctionJson { name: &name, arguments: &arguments },
+        };
+        let usage = Usage::new(request.prompt_tokens, TOOL_ARGUMENT_FRAGMENTS.len() as u64);
+        let message =
+            Message { role: "assistant", content: None, tool_calls: Some([call]), refusal: (), annotations: [] };
+        return ctx.json_reply(StatusCode::OK, completion_json(&request.model, message, "tool_calls", usage));
+    }
     let (chunks, finish_reason) = answer(&text, request.max_tokens);
     let content: String = chunks.concat();
     let usage = Usage::new(request.prompt_tokens, chunks.len() as u64);
-    let body = to_json(&Completion {
+    let message =
+        Message { role: "assistant", content: Some(&content), tool_calls: None, refusal: (), annotations: [] };
+    ctx.json_reply(StatusCode::OK, completion_json(&request.model, message, finish_reason, usage))
+}
+
+/// A whole `chat.completion` with one choice.
+fn completion_json(model: &str, message: Message<'_>, finish_reason: &str, usage: Usage) -> Bytes {
+    to_json(&Completion {
         id: &completion_id(),
         object: "chat.completion",
         created: unix_now(),
-        model: &request.model,
-        choices: [Choice {
-            index: 0,
-            message: Message { role: "assistant", content: &content, refusal: (), annotations: [] },
-            logprobs: (),
-            finish_reason,
-        }],
+        model,
+        choices: [Choice { index: 0, message, logprobs: (), finish_reason }],
         usage,
         service_tier: "default",
         system_fingerprint: SYSTEM_FINGERPRINT,
-    });
-    ctx.json_reply(StatusCode::OK, body)
+    })
 }
 
 /// Applies `behaviour` to a non-streaming request (chat or embeddings): waits where it says so,
@@ -640,6 +692,7 @@ async fn chat_stream(ctx: Ctx<Behaviour>, request: ChatRequest, behaviour: Behav
         Behaviour::Text(text) => text.clone(),
         _ => default_text(&request.model, ctx.shared.name()),
     };
+    let tool = if matches!(behaviour, Behaviour::Text(_)) { None } else { request.weather_tool.clone() };
     let writer = ChunkWriter {
         id: completion_id(),
         created: unix_now(),
@@ -647,28 +700,41 @@ async fn chat_stream(ctx: Ctx<Behaviour>, request: ChatRequest, behaviour: Behav
         include_usage: request.include_usage,
         include_obfuscation: request.include_obfuscation,
     };
-    let (chunks, finish_reason) = answer(&text, request.max_tokens);
-    let usage = Usage::new(request.prompt_tokens, chunks.len() as u64);
-    let steps = stream_steps(writer, &chunks, finish_reason, &usage, &behaviour);
+    let steps = match tool {
+        Some(name) => {
+            let usage = Usage::new(request.prompt_tokens, TOOL_ARGUMENT_FRAGMENTS.len() as u64);
+            let mut events = vec![writer.tool_call_start(&tool_call_id(), &name)];
+            events.extend(TOOL_ARGUMENT_FRAGMENTS.iter().map(|fragment| writer.tool_call_arguments(fragment)));
+            stream_steps(writer, events, "tool_calls", &usage, &behaviour)
+        }
+        None => {
+            let (chunks, finish_reason) = answer(&text, request.max_tokens);
+            let usage = Usage::new(request.prompt_tokens, chunks.len() as u64);
+            if let Behaviour::Endless = behaviour {
+                let pieces = chunks.iter().map(|c| (*c).to_owned()).collect();
+                let mut steps = VecDeque::from([Step::Data(writer.role_chunk(false))]);
+                steps.push_back(Step::endless(pieces, move |piece| writer.content_chunk(piece)));
+                return ctx.stream_reply(steps, guard);
+            }
+            let events = chunks.iter().map(|chunk| writer.content_chunk(chunk)).collect();
+            stream_steps(writer, events, finish_reason, &usage, &behaviour)
+        }
+    };
     ctx.stream_reply(steps, guard)
 }
 
-/// The SSE events of one stream, with the pauses and interruptions `behaviour` asks for.
+/// The SSE events of one stream around its content `events`, with the pauses and interruptions
+/// `behaviour` asks for (all but [`Behaviour::Endless`], which the caller handles).
 fn stream_steps(
     writer: ChunkWriter,
-    chunks: &[&str],
+    events: Vec<Bytes>,
     finish_reason: &'static str,
     usage: &Usage,
     behaviour: &Behaviour,
 ) -> VecDeque<Step> {
-    let mut steps = VecDeque::with_capacity(chunks.len() + 6);
-    steps.push_back(Step::Data(writer.role_chunk()));
+    let mut steps = VecDeque::with_capacity(events.len() + 6);
+    steps.push_back(Step::Data(writer.role_chunk(finish_reason == "tool_calls")));
     let cut = match behaviour {
-        Behaviour::Endless => {
-            let pieces = chunks.iter().map(|c| (*c).to_owned()).collect();
-            steps.push_back(Step::endless(pieces, move |piece| writer.content_chunk(piece)));
-            return steps;
-        }
         Behaviour::SlowFirstChunk(delay) => Some((0, Cut::Pause(*delay))),
         Behaviour::StallAfter { chunks: n, stall } => Some((*n, Cut::Pause(*stall))),
         Behaviour::BreakAfter { chunks: n } => Some((*n, Cut::Break)),
@@ -678,7 +744,7 @@ fn stream_steps(
         }
         _ => None,
     };
-    let content = chunks.iter().map(|chunk| (writer.content_chunk(chunk), true)).collect();
+    let content = events.into_iter().map(|event| (event, true)).collect();
     if push_events(&mut steps, content, cut) {
         steps.push_back(Step::Data(writer.finish_chunk(finish_reason)));
         if writer.include_usage {
@@ -699,16 +765,35 @@ struct ChunkWriter {
 }
 
 impl ChunkWriter {
-    fn role_chunk(&self) -> Bytes {
-        self.choice_chunk(Delta { role: Some("assistant"), content: Some("") }, None)
+    /// `{"role":"assistant","content":""}`, or `"content":null` before a tool call.
+    fn role_chunk(&self, tool_call: bool) -> Bytes {
+        let content = if tool_call { Some(None) } else { Some(Some("")) };
+        self.choice_chunk(Delta { role: Some("assistant"), content, tool_calls: None }, None)
     }
 
     fn content_chunk(&self, content: &str) -> Bytes {
-        self.choice_chunk(Delta { role: None, content: Some(content) }, None)
+        self.choice_chunk(Delta { role: None, content: Some(Some(content)), tool_calls: None }, None)
+    }
+
+    /// The first delta of a tool call: index, id, type, name and empty arguments.
+    fn tool_call_start(&self, id: &str, name: &str) -> Bytes {
+        let call = ToolCallDelta {
+            index: 0,
+            id: Some(id),
+            kind: Some("function"),
+            function: FunctionDelta { name: Some(name), arguments: "" },
+        };
+        self.choice_chunk(Delta { role: None, content: None, tool_calls: Some(&[call]) }, None)
+    }
+
+    /// A later delta of a tool call: only the index and an arguments fragment.
+    fn tool_call_arguments(&self, arguments: &str) -> Bytes {
+        let call = ToolCallDelta { index: 0, id: None, kind: None, function: FunctionDelta { name: None, arguments } };
+        self.choice_chunk(Delta { role: None, content: None, tool_calls: Some(&[call]) }, None)
     }
 
     fn finish_chunk(&self, finish_reason: &str) -> Bytes {
-        self.choice_chunk(Delta { role: None, content: None }, Some(finish_reason))
+        self.choice_chunk(Delta { role: None, content: None, tool_calls: None }, Some(finish_reason))
     }
 
     fn usage_chunk(&self, usage: &Usage) -> Bytes {
@@ -997,9 +1082,43 @@ struct Choice<'a> {
 #[derive(Serialize)]
 struct Message<'a> {
     role: &'static str,
-    content: &'a str,
+    /// `null` for a tool call.
+    content: Option<&'a str>,
     refusal: (),
     annotations: [(); 0],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCallJson<'a>; 1]>,
+}
+
+#[derive(Serialize)]
+struct ToolCallJson<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionJson<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionJson<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+#[derive(Serialize)]
+struct ToolCallDelta<'a> {
+    index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionDelta<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
 }
 
 #[derive(Serialize)]
@@ -1030,8 +1149,11 @@ struct ChunkChoice<'a> {
 struct Delta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<&'static str>,
+    /// Absent, `null` (before a tool call) or text.
     #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<&'a str>,
+    content: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<&'a [ToolCallDelta<'a>]>,
 }
 
 #[derive(Clone, Copy, Serialize)]
@@ -1261,6 +1383,52 @@ mod tests {
             r#"{{"id":"{id}","object":"chat.completion","created":{created},"model":"gpt-test","choices":[{{"index":0,"message":{{"role":"assistant","content":"hello from gpt-test: this is a fake completion","refusal":null,"annotations":[]}},"logprobs":null,"finish_reason":"stop"}}],"usage":{{"prompt_tokens":2,"completion_tokens":8,"total_tokens":10,"prompt_tokens_details":{{"cached_tokens":0,"audio_tokens":0}},"completion_tokens_details":{{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}},"service_tier":"default","system_fingerprint":"{FINGERPRINT}"}}"#
         );
         assert_eq!(rsp.text(), expected);
+    }
+
+    fn weather_request(stream: bool, last: Value) -> Value {
+        json!({
+            "model": "m",
+            "stream": stream,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "What is the Weather in Oslo?"}]}, last],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+        })
+    }
+
+    #[tokio::test]
+    async fn a_weather_question_with_tools_gets_a_tool_call_and_its_result_a_text_answer() {
+        let fake = FakeOpenAi::start().await;
+        let ask = json!({"role": "user", "content": "and tomorrow? the weather, please"});
+        let json = chat(&fake, weather_request(false, ask.clone())).await.json();
+        let choice = &json["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(choice["message"]["content"], Value::Null);
+        let call = &choice["message"]["tool_calls"][0];
+        assert!(call["id"].as_str().unwrap().starts_with("call_"), "{call}");
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["function"], json!({"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}));
+        assert_eq!(json["usage"]["completion_tokens"], 2);
+
+        let result = json!({"role": "tool", "tool_call_id": call["id"], "content": "snow"});
+        let json = chat(&fake, weather_request(false, result)).await.json();
+        assert_eq!(json["choices"][0]["finish_reason"], "stop");
+        assert_eq!(json["choices"][0]["message"]["content"], "hello from m: this is a fake completion");
+        assert!(json["choices"][0]["message"].get("tool_calls").is_none());
+
+        let text = chat(&fake, weather_request(true, ask)).await.text();
+        let chunks: Vec<Value> =
+            events(&text).iter().filter(|e| **e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
+        let deltas: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["delta"]).collect();
+        assert_eq!(deltas[0], &json!({"role": "assistant", "content": null}));
+        let first = &deltas[1]["tool_calls"][0];
+        assert_eq!((first["index"].clone(), first["type"].clone()), (json!(0), json!("function")));
+        assert_eq!(first["function"], json!({"name": "get_weather", "arguments": ""}));
+        assert!(first["id"].as_str().unwrap().starts_with("call_"));
+        let arguments: String =
+            deltas[2..4].iter().map(|d| d["tool_calls"][0]["function"]["arguments"].as_str().unwrap()).collect();
+        assert_eq!(arguments, "{\"city\":\"Oslo\"}");
+        assert_eq!(deltas[2]["tool_calls"][0], json!({"index": 0, "function": {"arguments": "{\"city\":"}}));
+        assert_eq!(chunks[4]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(chunks.len(), 5, "{text}");
     }
 
     #[tokio::test]
