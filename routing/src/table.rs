@@ -173,6 +173,12 @@ pub struct Target {
 pub struct Price {
     pub input_per_million: String,
     pub output_per_million: String,
+    /// Cache reads; `None` = the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_million: Option<String>,
+    /// Cache writes; `None` = the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_million: Option<String>,
 }
 
 /// A share of traffic moved to one more target.

@@ -157,6 +157,16 @@ pub struct Price {
     /// USD per million output (completion) tokens.
     #[schemars(length(max = 20), regex(pattern = DECIMAL_PATTERN))]
     pub output_per_million: String,
+    /// USD per million input tokens read from the provider's prompt cache; defaults to
+    /// `inputPerMillion`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 20), regex(pattern = DECIMAL_PATTERN))]
+    pub cached_input_per_million: Option<String>,
+    /// USD per million input tokens written to the provider's prompt cache (Anthropic);
+    /// defaults to `inputPerMillion`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 20), regex(pattern = DECIMAL_PATTERN))]
+    pub cache_write_per_million: Option<String>,
 }
 
 /// A share of traffic moved to one more target.

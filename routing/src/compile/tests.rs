@@ -331,3 +331,29 @@ fn durations_longer_than_the_schema_allows_are_rejected() {
     ));
     assert_eq!(compiled.diagnostics[0].field.as_deref(), Some("spec.timeouts.idle"));
 }
+
+#[test]
+fn a_target_price_may_name_cache_rates_and_each_is_checked() {
+    let compiled = compile_yaml(&format!(
+        "{MOCK}{}",
+        route(
+            "r",
+            "{targets: [{provider: mock, model: m, price: {inputPerMillion: '3', outputPerMillion: '15', cachedInputPerMillion: '0.30', cacheWritePerMillion: '3.75'}}]}"
+        )
+    ));
+    let price = compiled.snapshot.table.routes["r"].targets[0].price.clone().expect("a price");
+    assert_eq!(price.cached_input_per_million.as_deref(), Some("0.30"));
+    assert_eq!(price.cache_write_per_million.as_deref(), Some("3.75"));
+
+    let compiled = compile_yaml(&format!(
+        "{MOCK}{}",
+        route(
+            "r",
+            "{targets: [{provider: mock, model: m, price: {inputPerMillion: '3', outputPerMillion: '15', cachedInputPerMillion: '$0.3'}}]}"
+        )
+    ));
+    assert!(compiled.snapshot.table.routes.is_empty());
+    let d = compiled.errors().next().expect("an error");
+    assert_eq!(d.field.as_deref(), Some("spec.targets[0].price.cachedInputPerMillion"));
+    assert!(d.message.contains("non-negative decimal"), "{}", d.message);
+}

@@ -373,7 +373,15 @@ fn target(field: &str, t: &api::Target, findings: &mut Findings) -> Option<Valid
         findings.at_least(&format!("{field}.contextWindow"), window, 1);
     }
     let price = t.price.as_ref().map(|p| {
-        for (key, value) in [("inputPerMillion", &p.input_per_million), ("outputPerMillion", &p.output_per_million)] {
+        let optional = [
+            ("cachedInputPerMillion", p.cached_input_per_million.as_ref()),
+            ("cacheWritePerMillion", p.cache_write_per_million.as_ref()),
+        ];
+        let given = [("inputPerMillion", Some(&p.input_per_million)), ("outputPerMillion", Some(&p.output_per_million))]
+            .into_iter()
+            .chain(optional)
+            .filter_map(|(key, value)| value.map(|v| (key, v)));
+        for (key, value) in given {
             if !parse::is_decimal(value) {
                 findings.error(
                     format!("{field}.price.{key}"),
@@ -387,6 +395,8 @@ fn target(field: &str, t: &api::Target, findings: &mut Findings) -> Option<Valid
         table::Price {
             input_per_million: p.input_per_million.clone(),
             output_per_million: p.output_per_million.clone(),
+            cached_input_per_million: p.cached_input_per_million.clone(),
+            cache_write_per_million: p.cache_write_per_million.clone(),
         }
     });
     (findings.errors.len() == errors_before).then(|| ValidTarget {
