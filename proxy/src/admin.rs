@@ -4,11 +4,13 @@ use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde_json::json;
+use serde_json::{Value, json};
 
+use crate::cost::{self, PriceSource, Pricing};
 use crate::metrics::Metrics;
 use crate::server::{Body, Handler, full};
-use crate::state::{Circuit, RoutingHandle};
+use crate::state::{Circuit, Live, RoutingHandle};
+use crate::tokens::Encoding;
 
 pub struct Admin {
     pub routing: RoutingHandle,
@@ -50,6 +52,7 @@ impl Admin {
             "hash": live.as_ref().map(|l| l.snapshot.hash.clone()),
             "table": live.as_ref().map(|l| &l.snapshot.table),
             "credentials": live.as_ref().map(|l| l.snapshot.credentials.keys().map(|k| (k.clone(), "*****")).collect::<std::collections::BTreeMap<_, _>>()),
+            "accounting": live.as_deref().map(accounting),
             "diagnostics": *self.routing.diagnostics(),
         });
         let mut response = Response::new(full(serde_json::to_string_pretty(&body).unwrap_or_default()));
@@ -94,6 +97,44 @@ impl Admin {
         }
         text(StatusCode::OK, &out)
     }
+}
+
+/// Per route and target: the price a request is charged at and the
+/// tokenizer that counts tokens when the provider reports none.
+fn accounting(live: &Live) -> Value {
+    let table = &live.snapshot.table;
+    let routes = table.routes.iter().map(|(alias, route)| {
+        let targets = route.targets.iter().chain(route.canary.as_ref().map(|c| &c.target)).map(|target| {
+            let kind = table.providers.get(&target.provider).map(|p| p.kind);
+            let price = kind.and_then(|kind| Pricing::for_target(kind, target)).map(|pricing| {
+                let (source, row, note) = match pricing.source {
+                    PriceSource::Manifest => ("manifest", None, None),
+                    PriceSource::BuiltIn { model, source } => ("built-in", Some(model), Some(source)),
+                };
+                let rates = pricing.rates;
+                json!({
+                    "source": source,
+                    "row": row,
+                    "note": note,
+                    "tableDate": row.map(|_| cost::TABLE_DATE),
+                    "usdPerMillion": {
+                        "input": rates.input,
+                        "cachedInput": rates.cached_input,
+                        "cacheWrite": rates.cache_write,
+                        "output": rates.output,
+                    },
+                    "longPrompt": pricing.long_prompt.map(|(over, r)| json!({"over": over, "input": r.input, "output": r.output})),
+                })
+            });
+            let tokenizer = kind.map(|kind| {
+                let (encoding, exact) = Encoding::for_model(kind, &target.model);
+                json!({"encoding": encoding.name(), "estimate": if exact { "model's own tokenizer" } else { "stand-in" }})
+            });
+            (target.name.clone(), json!({"price": price, "tokenizer": tokenizer}))
+        });
+        (alias.clone(), targets.collect::<serde_json::Map<_, _>>())
+    });
+    Value::Object(routes.map(|(alias, targets)| (alias, Value::Object(targets))).collect())
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {

@@ -25,10 +25,11 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use rand::Rng;
-use routing::table::{Provider, Route, Target};
+use routing::table::{Provider, ProviderKind, Route, Target};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::cost::{self, PriceSource, Pricing};
 use crate::errors::{AttemptRecord, Class, ProxyError, UpstreamError};
 use crate::metrics::{FallbackLabels, Metrics, RequestLabels, RouteTargetLabels};
 use crate::plan::{self, Candidate, Steering};
@@ -36,6 +37,8 @@ use crate::request::{ApiRequest, Operation};
 use crate::server::{Body, full};
 use crate::sse;
 use crate::state::{Live, RoutingHandle, TargetStats};
+use crate::tokens::{Encoding, Prompt};
+use crate::translate::TokenUsage;
 use crate::upstream::{Call, Events, Reply, Upstreams};
 
 /// Largest request body accepted (images travel inline as base64).
@@ -43,6 +46,10 @@ pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 /// Longest `Retry-After` the proxy waits for before it prefers another target.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Streamed output text kept for a token estimate in case the provider
+/// reports no usage; beyond it, four bytes count as a token.
+const MAX_KEPT_OUTPUT: usize = 1024 * 1024;
 
 /// What the chat handler needs from the process.
 pub struct Context {
@@ -103,13 +110,16 @@ async fn serve(
     })?;
     let client_wants_usage = body.client_wants_usage;
     body.request_usage();
-    // About four bytes a token, JSON punctuation included: a cheap, slightly
-    // high pre-flight estimate for the context-window check; provider usage
-    // is authoritative afterwards.
-    let estimated_input = (body.prompt_bytes() as u64).div_ceil(4);
+    let body = Arc::new(body);
+    // Tokenized only for targets with a `contextWindow` the prompt might not
+    // fit (see `tokens`); provider usage is authoritative afterwards.
+    let prompt = Prompt::new(&body);
     let sticky = plan::sticky_header_name(route).and_then(|h| headers.get(h)).and_then(|v| v.to_str().ok());
-    let plan = plan::plan(&live, route, Steering { sticky, estimated_tokens: estimated_input });
+    let plan = plan::plan(&live, route, Steering { sticky, prompt: Some(&prompt) });
     if plan.candidates.is_empty() {
+        if plan.too_long > 0 && plan.too_long == plan.skipped.len() {
+            return Err(ProxyError::TooLong { alias, skipped: plan.skipped });
+        }
         return Err(ProxyError::NoCandidate { alias, skipped: plan.skipped });
     }
     let deadline = started + Duration::from_millis(route.timeouts.request_ms);
@@ -125,9 +135,18 @@ async fn serve(
                     // try_candidate only succeeds for targets with stats.
                     return Err(ProxyError::NoCandidate { alias, skipped });
                 };
+                let kind = live
+                    .snapshot
+                    .table
+                    .providers
+                    .get(&candidate.target.provider)
+                    .map_or(ProviderKind::OpenaiCompatible, |p| p.kind);
                 let served = Served {
                     ctx: ctx.clone(),
                     live: live.clone(),
+                    request: body.clone(),
+                    pricing: Pricing::for_target(kind, candidate.target),
+                    encoding: Encoding::for_model(kind, &candidate.target.model).0,
                     stats,
                     alias: route.alias.clone(),
                     route: candidate.route.alias.clone(),
@@ -139,7 +158,6 @@ async fn serve(
                     attempts: attempts.len() + 1,
                     request_id: request_id.clone(),
                     started,
-                    estimated_input,
                 };
                 return Ok(served.respond(answer, client_wants_usage, deadline));
             }
@@ -428,6 +446,29 @@ struct UsageView {
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetailsView>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+struct PromptDetailsView {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+    #[serde(default)]
+    cache_write_tokens: Option<u64>,
+}
+
+impl UsageView {
+    fn to_usage(self) -> TokenUsage {
+        let details = self.prompt_tokens_details.unwrap_or_default();
+        TokenUsage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            cached_tokens: details.cached_tokens.unwrap_or(0),
+            cache_write_tokens: details.cache_write_tokens.unwrap_or(0),
+            reasoning_tokens: None,
+        }
+    }
 }
 
 /// The `usage` object of a whole (non-streaming) answer. OpenAI-shaped
@@ -469,6 +510,11 @@ struct Served {
     ctx: Arc<Context>,
     /// Kept so the table the request started with stays alive.
     live: Arc<Live>,
+    /// For a token estimate when the provider reports no usage.
+    request: Arc<ApiRequest>,
+    pricing: Option<Pricing>,
+    /// The serving target's tokenizer (or its stand-in).
+    encoding: Encoding,
     /// The serving target's counters and metric handles.
     stats: Arc<TargetStats>,
     alias: String,
@@ -480,7 +526,16 @@ struct Served {
     attempts: usize,
     request_id: HeaderValue,
     started: Instant,
-    estimated_input: u64,
+}
+
+/// Tokens and cost of one served request.
+#[derive(Debug, Clone, Copy)]
+struct Account {
+    usage: TokenUsage,
+    /// The proxy counted the tokens: the provider reported none.
+    estimated: bool,
+    /// USD; `None` when the target has no known price.
+    cost: Option<f64>,
 }
 
 impl Served {
@@ -493,9 +548,18 @@ impl Served {
             .header("x-switchyard-attempts", self.attempts);
         match answer {
             Answer::Json(bytes) => {
-                let usage = usage_of(&bytes);
+                let account = match usage_of(&bytes) {
+                    Some(usage) => self.account(usage.to_usage(), false),
+                    None => {
+                        let usage = self.estimate(&output_of(&bytes));
+                        self.account(usage, true)
+                    }
+                };
+                if let Some(cost) = account.cost {
+                    builder = builder.header("x-switchyard-cost-usd", cost::format_usd(cost));
+                }
                 let elapsed = self.started.elapsed();
-                self.finish(Outcome::Ok, usage, 0, Some(elapsed));
+                self.finish(Outcome::Ok, account, Some(elapsed));
                 builder = builder.header(http::header::CONTENT_TYPE, "application/json");
                 builder.body(full(bytes)).unwrap_or_else(|_| Response::new(full(Bytes::new())))
             }
@@ -509,7 +573,8 @@ impl Served {
                     deadline,
                     strip_usage: !client_wants_usage,
                     usage: None,
-                    output_chars: 0,
+                    output: Output::default(),
+                    last_chunk: String::new(),
                     ttft,
                     ended: false,
                 };
@@ -534,14 +599,26 @@ impl Served {
         Duration::from_millis(ms)
     }
 
+    /// Usage counted by the proxy: the prompt and `output` in the target's
+    /// encoding (see [`crate::tokens`]).
+    fn estimate(&self, output: &Output) -> TokenUsage {
+        TokenUsage {
+            prompt_tokens: Prompt::new(&self.request).tokens(self.encoding),
+            completion_tokens: self.encoding.count(&output.text) + output.dropped.div_ceil(4),
+            ..TokenUsage::default()
+        }
+    }
+
+    fn account(&self, usage: TokenUsage, estimated: bool) -> Account {
+        Account { usage, estimated, cost: self.pricing.map(|p| p.cost(&usage)) }
+    }
+
     /// Counts and logs the request; called exactly once.
-    fn finish(self, outcome: Outcome, usage: Option<UsageView>, output_chars: u64, ttft: Option<Duration>) {
+    fn finish(self, outcome: Outcome, account: Account, ttft: Option<Duration>) {
         let duration = self.started.elapsed();
         let metrics = &self.stats.metrics;
-        let (tokens_in, tokens_out, estimated) = match usage {
-            Some(u) => (u.prompt_tokens, u.completion_tokens, false),
-            None => (self.estimated_input, output_chars.div_ceil(4), true),
-        };
+        let Account { usage, estimated, cost } = account;
+        let (tokens_in, tokens_out) = (usage.prompt_tokens, usage.completion_tokens);
         let (code, counter) = match outcome {
             Outcome::Ok => ("2xx", &metrics.served),
             Outcome::StreamFailed(_) => ("5xx", &metrics.broken),
@@ -554,6 +631,18 @@ impl Served {
         }
         metrics.tokens_in.inc_by(tokens_in);
         metrics.tokens_out.inc_by(tokens_out);
+        if estimated {
+            metrics.estimated_in.inc_by(tokens_in);
+            metrics.estimated_out.inc_by(tokens_out);
+        }
+        if let Some(cost) = cost {
+            metrics.cost.inc_by(cost);
+        }
+        let price_source = match self.pricing.map(|p| p.source) {
+            Some(PriceSource::Manifest) => "manifest",
+            Some(PriceSource::BuiltIn { .. }) => "built-in",
+            None => "none",
+        };
         if self.fallback || self.first_choice != self.target {
             self.ctx
                 .metrics
@@ -582,7 +671,10 @@ impl Served {
             fallback = self.fallback,
             tokens_in,
             tokens_out,
+            tokens_cached = usage.cached_tokens,
             tokens_estimated = estimated,
+            cost_usd = cost,
+            price_source,
             duration_ms = duration.as_secs_f64() * 1_000.0,
             ttft_ms = ttft.map(|t| t.as_secs_f64() * 1_000.0),
             error,
@@ -605,31 +697,108 @@ struct Pump {
     idle: Duration,
     deadline: Instant,
     strip_usage: bool,
-    usage: Option<UsageView>,
-    output_chars: u64,
+    /// The provider's usage (or, once synthesized, the proxy's estimate).
+    usage: Option<Account>,
+    output: Output,
+    /// The data of the last chunk, whose id and model a synthesized usage
+    /// chunk repeats.
+    last_chunk: String,
     ttft: Duration,
     ended: bool,
+}
+
+/// Streamed output, kept for a token estimate.
+#[derive(Debug, Default)]
+struct Output {
+    /// Content and tool-call arguments, up to [`MAX_KEPT_OUTPUT`] bytes.
+    text: String,
+    /// Bytes beyond that.
+    dropped: u64,
+}
+
+impl Output {
+    fn push(&mut self, text: &str) {
+        if self.text.len() + text.len() <= MAX_KEPT_OUTPUT {
+            self.text.push_str(text);
+        } else {
+            self.dropped += text.len() as u64;
+        }
+    }
+}
+
+/// The content and tool-call arguments of a whole answer, for an estimate
+/// of its output tokens.
+fn output_of(answer: &[u8]) -> Output {
+    let mut output = Output::default();
+    let Ok(answer) = serde_json::from_slice::<Value>(answer) else { return output };
+    for choice in answer.get("choices").and_then(Value::as_array).into_iter().flatten() {
+        let message = choice.get("message");
+        if let Some(text) = message.and_then(|m| m.get("content")).and_then(Value::as_str) {
+            output.push(text);
+        }
+        push_tool_calls(&mut output, message.and_then(|m| m.get("tool_calls")));
+    }
+    output
+}
+
+fn push_tool_calls(output: &mut Output, calls: Option<&Value>) {
+    for call in calls.and_then(Value::as_array).into_iter().flatten() {
+        for pointer in ["/function/name", "/function/arguments"] {
+            if let Some(text) = call.pointer(pointer).and_then(Value::as_str) {
+                output.push(text);
+            }
+        }
+    }
 }
 
 impl Pump {
     /// Queues one upstream event for the client (or drops it).
     fn accept(&mut self, event: sse::Event) {
-        if event.data != "[DONE]"
-            && let Ok(view) = serde_json::from_str::<ChunkView>(&event.data)
-        {
-            for choice in &view.choices {
-                if let Some(text) = choice.delta.as_ref().and_then(|d| d.content.as_deref()) {
-                    self.output_chars += text.len() as u64;
+        if event.data == "[DONE]" {
+            self.pending.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+            return;
+        }
+        if let Ok(view) = serde_json::from_str::<ChunkView>(&event.data) {
+            for delta in view.choices.iter().filter_map(|c| c.delta.as_ref()) {
+                if let Some(text) = delta.content.as_deref() {
+                    self.output.push(text);
                 }
+                push_tool_calls(&mut self.output, delta.tool_calls.as_ref());
             }
-            if view.usage.is_some() {
-                self.usage = view.usage;
+            if let (Some(usage), Some(served)) = (view.usage, &self.served) {
+                self.usage = Some(served.account(usage.to_usage(), false));
                 if self.strip_usage && view.choices.is_empty() {
                     return;
                 }
             }
         }
         self.pending.push_back(Bytes::from(format!("data: {}\n\n", event.data)));
+        self.last_chunk = event.data;
+    }
+
+    /// The provider sent no usage: the proxy's estimate counts instead, and
+    /// at the end of a whole stream (`chunk`) a client that asked for usage
+    /// gets a usage chunk all the same.
+    fn estimate_usage(&mut self, chunk: bool) {
+        let Some(served) = self.served.as_ref().filter(|_| self.usage.is_none()) else { return };
+        let account = served.account(served.estimate(&self.output), true);
+        self.usage = Some(account);
+        if self.strip_usage || !chunk {
+            return;
+        }
+        let last: Value = serde_json::from_str(&self.last_chunk).unwrap_or(Value::Null);
+        let mut chunk = serde_json::json!({
+            "id": last.get("id").cloned().unwrap_or(Value::Null),
+            "object": "chat.completion.chunk",
+            "created": last.get("created").cloned().unwrap_or(Value::Null),
+            "model": last.get("model").cloned().unwrap_or(Value::Null),
+            "choices": [],
+            "usage": account.usage.to_openai(),
+        });
+        if let (Some(fingerprint), Some(object)) = (last.get("system_fingerprint"), chunk.as_object_mut()) {
+            object.insert("system_fingerprint".into(), fingerprint.clone());
+        }
+        self.pending.push_back(Bytes::from(format!("data: {chunk}\n\n")));
     }
 
     async fn next_frame(&mut self) -> Option<Bytes> {
@@ -646,6 +815,7 @@ impl Pump {
                 Ok(Some(Ok(event))) => match classify(&event.data) {
                     Chunk::Error(message) => format!("the upstream reported an error mid-stream: {message}"),
                     Chunk::Done => {
+                        self.estimate_usage(true);
                         self.accept(event);
                         self.end(Outcome::Ok);
                         continue;
@@ -669,8 +839,9 @@ impl Pump {
 
     fn end(&mut self, outcome: Outcome) {
         self.ended = true;
-        if let Some(served) = self.served.take() {
-            served.finish(outcome, self.usage, self.output_chars, Some(self.ttft));
+        self.estimate_usage(false);
+        if let (Some(served), Some(account)) = (self.served.take(), self.usage) {
+            served.finish(outcome, account, Some(self.ttft));
         }
     }
 }
@@ -679,8 +850,9 @@ impl Drop for Pump {
     fn drop(&mut self) {
         // Dropped before the end: the client went away. Dropping `rest`
         // (right after this) closes the upstream connection.
-        if let Some(served) = self.served.take() {
-            served.finish(Outcome::ClientClosed, self.usage, self.output_chars, Some(self.ttft));
+        self.estimate_usage(false);
+        if let (Some(served), Some(account)) = (self.served.take(), self.usage) {
+            served.finish(Outcome::ClientClosed, account, Some(self.ttft));
         }
     }
 }

@@ -139,6 +139,10 @@ pub enum ProxyError {
     NotReady,
     #[error("no target of `{alias}` can take the request")]
     NoCandidate { alias: String, skipped: Vec<String> },
+    /// Every target was left out because the prompt is longer than its
+    /// `contextWindow`: the client has to shorten it.
+    #[error("the request is longer than every context window of `{alias}`")]
+    TooLong { alias: String, skipped: Vec<String> },
     /// A final client error from the upstream, passed through.
     #[error("upstream rejected the request with HTTP {status}")]
     Rejected { alias: String, status: u16, body: Bytes, attempts: Vec<AttemptRecord> },
@@ -155,7 +159,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::BadRequest { .. } | Self::TooLong { .. } => StatusCode::BAD_REQUEST,
             Self::UnknownModel { .. } | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::NotReady | Self::NoCandidate { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Rejected { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
@@ -194,7 +198,8 @@ impl ProxyError {
             Self::Rejected { alias, .. }
             | Self::Exhausted { alias, .. }
             | Self::Deadline { alias, .. }
-            | Self::NoCandidate { alias, .. } => Some(alias),
+            | Self::NoCandidate { alias, .. }
+            | Self::TooLong { alias, .. } => Some(alias),
             _ => None,
         }
     }
@@ -208,6 +213,7 @@ impl ProxyError {
             Self::MethodNotAllowed => ("invalid_request_error", Some("method_not_allowed")),
             Self::NotReady => ("server_error", Some("not_ready")),
             Self::NoCandidate { .. } => ("server_error", Some("no_available_target")),
+            Self::TooLong { .. } => ("invalid_request_error", Some("context_length_exceeded")),
             Self::Rejected { .. } => ("invalid_request_error", None),
             Self::Exhausted { .. } if self.no_target_could_express_it() => {
                 ("invalid_request_error", Some("unsupported_by_targets"))
@@ -222,6 +228,7 @@ impl ProxyError {
         let param = match self {
             Self::BadRequest { param, .. } => *param,
             Self::UnknownModel { .. } => Some("model"),
+            Self::TooLong { .. } => Some("messages"),
             _ => None,
         };
         let attempts = self.attempts();
@@ -245,6 +252,10 @@ impl ProxyError {
             Self::NoCandidate { alias, skipped } => {
                 format!("no target of `{alias}` can take the request now: {}", skipped.join("; "))
             }
+            Self::TooLong { alias, skipped } => format!(
+                "the request is too long for every target of `{alias}`: {}; shorten the conversation or add a target with a larger `contextWindow`",
+                skipped.join("; ")
+            ),
             Self::Exhausted { alias, attempts, last, skipped } => {
                 let mut text = format!(
                     "all {} attempt(s) for `{alias}` failed; last: `{}` {}{}",

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod app;
 pub mod args;
 pub mod chat;
+pub mod cost;
 pub mod errors;
 pub mod messages;
 pub mod metrics;
@@ -23,6 +24,7 @@ pub mod server;
 pub mod source;
 pub mod sse;
 pub mod state;
+pub mod tokens;
 pub mod translate;
 pub mod upstream;
 

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the data plane (design §6).
 
 use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -70,6 +72,12 @@ pub struct TargetMetrics {
     pub ttft: Histogram,
     pub tokens_in: Counter,
     pub tokens_out: Counter,
+    /// The part of `tokens_in` / `tokens_out` the proxy estimated because the
+    /// provider reported no usage.
+    pub estimated_in: Counter,
+    pub estimated_out: Counter,
+    /// USD of the requests served (targets with a known price).
+    pub cost: Counter<f64, AtomicU64>,
     pub retries: Counter,
     pub circuit_state: Gauge,
     pub in_flight: Gauge,
@@ -82,6 +90,8 @@ pub struct Metrics {
     pub duration: Family<RouteTargetLabels, Histogram, fn() -> Histogram>,
     pub ttft: Family<RouteTargetLabels, Histogram, fn() -> Histogram>,
     pub tokens: Family<TokenLabels, Counter>,
+    pub tokens_estimated: Family<TokenLabels, Counter>,
+    pub cost: Family<RouteTargetLabels, Counter<f64, AtomicU64>>,
     pub fallbacks: Family<FallbackLabels, Counter>,
     pub retries: Family<RouteTargetLabels, Counter>,
     pub circuit_state: Family<TargetLabels, Gauge>,
@@ -107,6 +117,18 @@ impl Metrics {
         registry.register("time_to_first_token_seconds", "Time from request to first content chunk", ttft.clone());
         let tokens = Family::default();
         registry.register("tokens", "Tokens by direction (provider-reported, estimated when absent)", tokens.clone());
+        let tokens_estimated = Family::default();
+        registry.register(
+            "tokens_estimated",
+            "The part of switchyard_tokens_total the proxy estimated because the provider reported no usage",
+            tokens_estimated.clone(),
+        );
+        let cost = Family::default();
+        registry.register(
+            "cost_usd",
+            "Cost in USD of the requests served, from the target's price (manifest or built-in table)",
+            cost.clone(),
+        );
         let fallbacks = Family::default();
         registry.register("fallbacks", "Requests served by a later target than the first choice", fallbacks.clone());
         let retries = Family::default();
@@ -125,6 +147,8 @@ impl Metrics {
             duration,
             ttft,
             tokens,
+            tokens_estimated,
+            cost,
             fallbacks,
             retries,
             circuit_state,
@@ -157,8 +181,8 @@ impl Metrics {
                 })
                 .clone()
         };
-        let tokens = |direction: &str| {
-            self.tokens
+        let tokens_of = |family: &Family<TokenLabels, Counter>, direction: &str| {
+            family
                 .get_or_create(&TokenLabels {
                     route: route.to_owned(),
                     target: target.to_owned(),
@@ -173,8 +197,11 @@ impl Metrics {
             client_closed: requests("499"),
             duration: self.duration.get_or_create(&labels).clone(),
             ttft: self.ttft.get_or_create(&labels).clone(),
-            tokens_in: tokens("input"),
-            tokens_out: tokens("output"),
+            tokens_in: tokens_of(&self.tokens, "input"),
+            tokens_out: tokens_of(&self.tokens, "output"),
+            estimated_in: tokens_of(&self.tokens_estimated, "input"),
+            estimated_out: tokens_of(&self.tokens_estimated, "output"),
+            cost: self.cost.get_or_create(&labels).clone(),
             retries: self.retries.get_or_create(&labels).clone(),
             circuit_state: self.circuit_state.get_or_create(&by_target).clone(),
             in_flight: self.in_flight.get_or_create(&by_target).clone(),

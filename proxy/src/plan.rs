@@ -8,9 +8,11 @@
 //! message in case nothing is left.
 
 use rand::Rng;
-use routing::table::{FULL_SHARE, Route, Strategy, Target};
+use routing::table::{FULL_SHARE, ProviderKind, Route, Strategy, Target};
 
+use crate::cost::Pricing;
 use crate::state::{Circuit, Live};
+use crate::tokens::{Encoding, Prompt};
 
 /// One target the request may be sent to.
 #[derive(Debug, Clone, Copy)]
@@ -28,8 +30,10 @@ pub struct Candidate<'a> {
 pub struct Steering<'r> {
     /// Value of the route's sticky header, when the request carries it.
     pub sticky: Option<&'r str>,
-    /// Estimated prompt tokens, checked against `contextWindow`.
-    pub estimated_tokens: u64,
+    /// The prompt, whose estimated tokens are checked against `contextWindow`
+    /// (counted only for targets that have one, and only when the prompt
+    /// could be too long for it).
+    pub prompt: Option<&'r Prompt<'r>>,
 }
 
 /// The ordered candidates, and why others were left out.
@@ -37,6 +41,8 @@ pub struct Steering<'r> {
 pub struct Plan<'a> {
     pub candidates: Vec<Candidate<'a>>,
     pub skipped: Vec<String>,
+    /// How many of `skipped` were left out for their context window.
+    pub too_long: usize,
 }
 
 /// Builds the plan for `route`. Deterministic for a given sticky value and
@@ -53,10 +59,10 @@ pub fn plan<'a>(live: &'a Live, route: &'a Route, steering: Steering<'_>) -> Pla
         }
     };
     let mut plan = Plan::default();
-    add_route(&mut plan, live, route, false, canary_bucket, weight_seed, steering.estimated_tokens);
+    add_route(&mut plan, live, route, false, canary_bucket, weight_seed, steering.prompt);
     for alias in &route.fallbacks {
         if let Some(fallback) = live.snapshot.table.routes.get(alias) {
-            add_route(&mut plan, live, fallback, true, canary_bucket, weight_seed, steering.estimated_tokens);
+            add_route(&mut plan, live, fallback, true, canary_bucket, weight_seed, steering.prompt);
         }
     }
     plan
@@ -78,10 +84,11 @@ fn add_route<'a>(
     fallback: bool,
     canary_bucket: u32,
     weight_seed: u64,
-    estimated_tokens: u64,
+    prompt: Option<&Prompt<'_>>,
 ) {
     let push = |plan: &mut Plan<'a>, target: &'a Target, canary: bool| {
-        if let Some(reason) = unusable(live, route, target, estimated_tokens) {
+        if let Some((reason, too_long)) = unusable(live, route, target, prompt) {
+            plan.too_long += usize::from(too_long);
             plan.skipped.push(format!("`{}/{}`: {reason}", route.alias, target.name));
         } else {
             plan.candidates.push(Candidate { route, target, fallback, canary });
@@ -97,14 +104,20 @@ fn add_route<'a>(
     }
 }
 
-fn unusable(live: &Live, route: &Route, target: &Target, estimated_tokens: u64) -> Option<String> {
-    if let Some(window) = target.context_window
-        && estimated_tokens > window
-    {
-        return Some(format!("request of about {estimated_tokens} tokens exceeds its context window of {window}"));
+/// Why `target` is left out, and whether that is its context window.
+fn unusable(live: &Live, route: &Route, target: &Target, prompt: Option<&Prompt<'_>>) -> Option<(String, bool)> {
+    if let (Some(window), Some(prompt)) = (target.context_window, prompt) {
+        let (encoding, _) = Encoding::for_model(kind_of(live, target), &target.model);
+        if let Err(tokens) = prompt.fits(window, encoding) {
+            let reason = format!(
+                "request of about {tokens} tokens ({} estimate) exceeds its context window of {window}",
+                encoding.name()
+            );
+            return Some((reason, true));
+        }
     }
     let stats = live.target_stats(&route.alias, &target.name)?;
-    (stats.circuit() == Circuit::Open).then(|| "circuit open after consecutive failures".to_owned())
+    (stats.circuit() == Circuit::Open).then(|| ("circuit open after consecutive failures".to_owned(), false))
 }
 
 /// The route's targets with weight > 0, best first for its strategy.
@@ -132,9 +145,8 @@ fn ordered<'a>(live: &'a Live, route: &'a Route, weight_seed: u64) -> Vec<&'a Ta
                 targets.insert(0, chosen);
             }
         }
-        Strategy::Cost => {
-            targets.sort_by(|a, b| price_of(a).total_cmp(&price_of(b)).then_with(|| b.weight.cmp(&a.weight)))
-        }
+        Strategy::Cost => targets
+            .sort_by(|a, b| price_of(live, a).total_cmp(&price_of(live, b)).then_with(|| b.weight.cmp(&a.weight))),
         Strategy::Latency => {
             targets.sort_by_key(|t| live.target_stats(&route.alias, &t.name).map_or(0, |s| s.latency_us()));
         }
@@ -146,12 +158,17 @@ fn ordered<'a>(live: &'a Live, route: &'a Route, weight_seed: u64) -> Vec<&'a Ta
     targets
 }
 
-/// Input plus output price per million tokens; unknown prices sort last.
-fn price_of(target: &Target) -> f64 {
-    target.price.as_ref().map_or(f64::INFINITY, |p| {
-        p.input_per_million.parse::<f64>().unwrap_or(f64::INFINITY)
-            + p.output_per_million.parse::<f64>().unwrap_or(f64::INFINITY)
-    })
+/// Input plus output price per million tokens (the manifest's, else the
+/// built-in table's); unknown prices sort last.
+fn price_of(live: &Live, target: &Target) -> f64 {
+    Pricing::for_target(kind_of(live, target), target).map_or(f64::INFINITY, |p| p.rates.input + p.rates.output)
+}
+
+/// The provider kind of a target (the table check guarantees its provider
+/// exists; a missing one counts as OpenAI-compatible, which has no built-in
+/// prices).
+fn kind_of(live: &Live, target: &Target) -> ProviderKind {
+    live.snapshot.table.providers.get(&target.provider).map_or(ProviderKind::OpenaiCompatible, |p| p.kind)
 }
 
 /// FNV-1a with a splitmix64 finaliser: a stable, well-mixed hash, so sticky

@@ -151,14 +151,14 @@ impl ApiRequest {
         self.set("stream_options", &Value::Object(options));
     }
 
-    /// Bytes of the raw prompt (`messages` or `input`): the input to the
-    /// pre-flight token estimate.
-    pub fn prompt_bytes(&self) -> usize {
+    /// The raw JSON of the prompt (`messages` or `input`), for the cheap
+    /// bound of the pre-flight token estimate.
+    pub fn prompt_raw(&self) -> &str {
         let key = match self.operation {
             Operation::Chat => "messages",
             Operation::Embeddings => "input",
         };
-        self.get(key).map_or(0, |m| m.get().len())
+        self.get(key).map_or("", RawValue::get)
     }
 
     /// The body with `model` set to `model` and, when `rename_max_tokens`,
