@@ -36,7 +36,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/conformance/requirements.txt
 
-step "SDK conformance (official openai package against the proxy binary)"
+step "SDK conformance (official openai package against the proxy binary and every provider's fake)"
 SWITCHYARD_PROXY_BIN="$PWD/target/debug/switchyard-proxy" \
-FAKE_OPENAI_BIN="$PWD/target/debug/fake-openai" \
+FAKE_UPSTREAM_BIN="$PWD/target/debug/fake-upstream" \
   .venv/bin/python -m pytest -q tests/conformance

@@ -2,14 +2,16 @@
 
 One module-scoped stack per test module:
 
-- ``fake-openai --api-key ...`` on an OS-chosen port (it prints ``listening on http://ADDR/v1``
-  as its first stdout line, and 401s any request that does not carry the key);
+- one ``fake-upstream --provider KIND --api-key ...`` per wire format (``openai``, which also
+  stands in for ``openai-compatible`` and ``mistral`` targets, ``anthropic`` and ``gemini``), each
+  on an OS-chosen port (it prints ``listening on BASE_URL`` as its first stdout line, and rejects
+  any request that does not carry its key, the provider's way);
 - ``switchyard-proxy`` on a temp manifest directory, data and admin ports chosen by the OS
   (both read back from its JSON ``switchyard-proxy listening`` log line), polled on
   ``/readyz`` until it is ready.
 
-Binaries come from ``SWITCHYARD_PROXY_BIN`` and ``FAKE_OPENAI_BIN``, by default
-``target/debug/switchyard-proxy`` and ``target/debug/fake-openai`` under the repository root
+Binaries come from ``SWITCHYARD_PROXY_BIN`` and ``FAKE_UPSTREAM_BIN``, by default
+``target/debug/switchyard-proxy`` and ``target/debug/fake-upstream`` under the repository root
 (``cargo build -p proxy --features testing --bins``).
 
 When a test fails, the output of every process of the stack is attached to its report.
@@ -34,33 +36,101 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROXY_BIN = Path(os.environ.get("SWITCHYARD_PROXY_BIN", REPO_ROOT / "target/debug/switchyard-proxy"))
-FAKE_BIN = Path(os.environ.get("FAKE_OPENAI_BIN", REPO_ROOT / "target/debug/fake-openai"))
+FAKE_BIN = Path(os.environ.get("FAKE_UPSTREAM_BIN", REPO_ROOT / "target/debug/fake-upstream"))
 
 #: How long a process may take to print its address, and the proxy to become ready.
 STARTUP_TIMEOUT = float(os.environ.get("SWITCHYARD_CONFORMANCE_STARTUP_TIMEOUT", "30"))
 #: Per-request timeout of the SDK clients: a hang fails fast instead of blocking the suite.
 REQUEST_TIMEOUT = 15.0
 
-#: The key the fake upstream requires; the proxy only gets it through the Secret.
+#: The key the fake OpenAI upstream requires; the proxy only gets it through the Secret.
 UPSTREAM_KEY = "sk-conformance-123"
+#: The keys of the other fakes, each in its own Secret key.
+FAKE_KEYS = {"openai": UPSTREAM_KEY, "anthropic": "sk-ant-conformance-456", "gemini": "gm-conformance-789"}
+#: Name every fake is started with: answers say ``hello from MODEL via conformance: ...``.
+FAKE_NAME = "conformance"
 #: The upstream model behind the `chat` alias.
 UPSTREAM_MODEL = "gpt-4o-mini"
 #: The model the mock provider pretends to be behind the `chat-mock` alias.
 MOCK_MODEL = "mock-model-1"
 
+
+@dataclass(frozen=True)
+class ProviderTarget:
+    """One ``spec.provider`` value, served by the fake that speaks its wire format."""
+
+    #: ``spec.provider`` of its ProviderSecret.
+    provider: str
+    #: ``--provider`` of the fake-upstream process behind it.
+    fake: str
+    #: The upstream model of its target.
+    model: str
+    #: The ending of the fake's text answer, after ``hello from MODEL via conformance:``.
+    answer_tail: str
+    #: Whether the proxy serves ``/v1/embeddings`` through this provider.
+    embeds: bool
+
+    @property
+    def alias(self) -> str:
+        return f"via-{self.provider}"
+
+    @property
+    def target(self) -> str:
+        return f"{self.provider}-target"
+
+    def answer(self) -> str:
+        return f"hello from {self.model} via {FAKE_NAME}: {self.answer_tail}"
+
+
+#: Every provider the proxy translates to, each behind its own alias ``via-PROVIDER``. A new
+#: provider (and its fake) is one more entry here: the parametrized tests pick it up.
+PROVIDER_TARGETS = [
+    ProviderTarget("openai", "openai", "gpt-4.1-mini", "this is a fake completion", embeds=True),
+    ProviderTarget("openai-compatible", "openai", "llama-3.1-8b-instruct", "this is a fake completion", embeds=True),
+    ProviderTarget("mistral", "openai", "mistral-small-latest", "this is a fake completion", embeds=True),
+    ProviderTarget("anthropic", "anthropic", "claude-haiku-4-5", "this is a fake anthropic reply", embeds=False),
+    ProviderTarget("gemini", "gemini", "gemini-2.5-flash", "this is a fake gemini reply", embeds=False),
+]
+
 #: alias -> (target name, what it is)
 ROUTES = {
-    "chat": "fake",  # fake-openai, gpt-4o-mini, key from the Secret
+    "chat": "fake",  # the OpenAI fake, gpt-4o-mini, key from the Secret
     "chat-mock": "mocked",  # the built-in mock provider
-    "broken": "failing",  # fake-openai, model fail-500, no retries
-    "wrong-key": "locked-out",  # fake-openai with a key the fake rejects, no retries
+    "broken": "failing",  # the OpenAI fake, model fail-500, no retries
+    "wrong-key": "locked-out",  # the OpenAI fake with a key the fake rejects, no retries
+    **{p.alias: p.target for p in PROVIDER_TARGETS},
 }
 
 T = TypeVar("T")
 
 
-def manifests(fake_base_url: str) -> str:
+def provider_manifests(fakes: dict[str, str]) -> str:
+    """A ProviderSecret and a ModelRoute per entry of PROVIDER_TARGETS."""
+    docs = []
+    for p in PROVIDER_TARGETS:
+        docs.append(f"""\
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderSecret
+metadata: {{name: {p.provider}}}
+spec:
+  provider: {p.provider}
+  baseUrl: {fakes[p.fake]}
+  apiKey: {{secretKeyRef: {{name: keys, key: {p.fake}}}}}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {{name: {p.alias}}}
+spec:
+  targets:
+  - {{name: {p.target}, provider: {p.provider}, model: {p.model}}}
+  retry: {{attempts: 0}}
+""")
+    return "---\n".join(docs)
+
+
+def manifests(fakes: dict[str, str]) -> str:
     """Every object the proxy serves, as one multi-document YAML file."""
+    fake_base_url = fakes["openai"]
     return f"""\
 apiVersion: v1
 kind: Secret
@@ -68,6 +138,9 @@ metadata: {{name: keys}}
 stringData:
   up: {UPSTREAM_KEY}
   wrong: sk-not-the-right-key
+  openai: {FAKE_KEYS["openai"]}
+  anthropic: {FAKE_KEYS["anthropic"]}
+  gemini: {FAKE_KEYS["gemini"]}
 ---
 apiVersion: switchyard.dev/v1alpha1
 kind: ProviderSecret
@@ -119,7 +192,8 @@ spec:
   targets:
   - {{name: locked-out, provider: up-wrong-key, model: {UPSTREAM_MODEL}}}
   retry: {{attempts: 0}}
-"""
+---
+{provider_manifests(fakes)}"""
 
 
 # === Processes ===
@@ -240,8 +314,10 @@ class Stack:
     base_url: str
     #: Origin of the proxy's admin port.
     admin_url: str
-    #: The fake upstream's OpenAI base URL, ``http://127.0.0.1:PORT/v1``.
+    #: The fake OpenAI upstream's base URL, ``http://127.0.0.1:PORT/v1``.
     fake_url: str
+    #: Base URL of each fake by ``--provider``.
+    fakes: dict[str, str]
     manifest_dir: Path
     #: The proxy process, for checks on its log.
     proxy: Process
@@ -263,7 +339,7 @@ def _require_binary(path: Path, var: str) -> str:
 
 
 def _fake_listening(line: str) -> Optional[str]:
-    match = re.search(r"listening on (http://\S+/v1)\s*$", line)
+    match = re.search(r"listening on (http://\S+)\s*$", line)
     return match.group(1) if match else None
 
 
@@ -308,15 +384,18 @@ def stack(tmp_path_factory) -> Stack:
     fake_bin = _require_binary(FAKE_BIN, "FAKE_OPENAI_BIN")
     started: list[Process] = []
     try:
-        fake = Process(
-            "fake-openai",
-            [fake_bin, "--listen", "127.0.0.1:0", "--api-key", UPSTREAM_KEY, "--name", "conformance"],
-        )
-        started.append(fake)
-        fake_url = fake.wait_for("stdout", _fake_listening, "`listening on http://ADDR/v1`", STARTUP_TIMEOUT)
+        fakes = {}
+        for kind, key in FAKE_KEYS.items():
+            fake = Process(
+                f"fake-upstream --provider {kind}",
+                [fake_bin, "--provider", kind, "--listen", "127.0.0.1:0", "--api-key", key, "--name", FAKE_NAME],
+            )
+            started.append(fake)
+            fakes[kind] = fake.wait_for("stdout", _fake_listening, "`listening on BASE_URL`", STARTUP_TIMEOUT)
+        fake_url = fakes["openai"]
 
         manifest_dir = tmp_path_factory.mktemp("manifests")
-        (manifest_dir / "conformance.yaml").write_text(manifests(fake_url))
+        (manifest_dir / "conformance.yaml").write_text(manifests(fakes))
 
         env = dict(os.environ, RUST_LOG=os.environ.get("SWITCHYARD_CONFORMANCE_RUST_LOG", "info"))
         proxy = Process(
@@ -346,7 +425,12 @@ def stack(tmp_path_factory) -> Stack:
         raise
 
     yield Stack(
-        base_url=f"http://{listen}", admin_url=admin_url, fake_url=fake_url, manifest_dir=manifest_dir, proxy=proxy
+        base_url=f"http://{listen}",
+        admin_url=admin_url,
+        fake_url=fake_url,
+        fakes=fakes,
+        manifest_dir=manifest_dir,
+        proxy=proxy,
     )
 
     crashed = [(p, p.exited()) for p in started if p.exited() is not None]

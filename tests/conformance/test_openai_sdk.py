@@ -25,7 +25,7 @@ PROMPT_WORDS = sum(len(m["content"].split()) for m in MESSAGES)
 
 
 def fake_answer(model: str) -> str:
-    """What fake-openai (started with ``--name conformance``) answers for ``model``."""
+    """What the OpenAI fake (started with ``--name conformance``) answers for ``model``."""
     return f"hello from {model} via conformance: this is a fake completion"
 
 
