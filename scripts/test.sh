@@ -21,8 +21,20 @@ if cargo tree -p proxy -e normal --locked | grep -E 'kube-(client|runtime)'; the
   exit 1
 fi
 
-step "cargo test"
-cargo test --workspace --all-features --locked
+step "build the binaries the end-to-end tests start (switchyard-operator, switchyard-proxy)"
+cargo build --workspace --bins --locked
+
+step "cargo test (everything but the end-to-end tests)"
+cargo test --workspace --all-features --locked --exclude e2e
+
+step "end-to-end: the operator and proxies against a real kube-apiserver (tests/e2e)"
+# A failing test prints the tail of every log it captured (operator, proxies)
+# and keeps its files under target/tmp/e2e/<test binary>/<namespace>/.
+if ! cargo test -p e2e --all-features --locked; then
+  echo >&2
+  echo "end-to-end tests FAILED: see the captured logs above; files in $PWD/target/tmp/e2e/" >&2
+  exit 1
+fi
 
 step "the generated CRDs against a real kube-apiserver (built once from Go modules, cached)"
 bash tests/kube-apiserver/smoke.sh
