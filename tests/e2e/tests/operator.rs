@@ -23,8 +23,13 @@ async fn an_applied_route_is_served_by_both_proxies_and_reported_programmed() {
     w.env.apply_ok(&route("chat", "chat", &[("gpt", "openai", "model-a", 1)])).await;
     w.all_serve("chat", "model-a").await;
     let served = applied.elapsed();
-    w.programmed("chat", 1).await;
+    let object = w.programmed("chat", 1).await;
     let reported = applied.elapsed();
+    // `status.proxies.table` is the first table with this generation: here, the one the proxies run.
+    let table = object["status"]["proxies"]["table"].as_str().unwrap();
+    for proxy in &w.proxies {
+        assert_eq!(proxy.table_hash().await.as_deref(), Some(table), "{} runs another table", proxy.name);
+    }
     eprintln!("measured: kubectl apply -> both proxies served in {served:?}, status Programmed 2/2 in {reported:?}");
 
     // The proxies called the fake with the Secret's key.
