@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::cost::{self, PriceSource, Pricing};
 use crate::metrics::Metrics;
+use crate::plan;
 use crate::server::{Body, Handler, full};
 use crate::state::{Circuit, Live, RoutingHandle};
 use crate::tokens::Encoding;
@@ -105,8 +106,8 @@ fn accounting(live: &Live) -> Value {
     let table = &live.snapshot.table;
     let routes = table.routes.iter().map(|(alias, route)| {
         let targets = route.targets.iter().chain(route.canary.as_ref().map(|c| &c.target)).map(|target| {
-            let kind = table.providers.get(&target.provider).map(|p| p.kind);
-            let price = kind.and_then(|kind| Pricing::for_target(kind, target)).map(|pricing| {
+            let kind = plan::kind_of(live, target);
+            let price = Pricing::for_target(kind, target).map(|pricing| {
                 let (source, row, note) = match pricing.source {
                     PriceSource::Manifest => ("manifest", None, None),
                     PriceSource::BuiltIn { model, source } => ("built-in", Some(model), Some(source)),
@@ -126,10 +127,9 @@ fn accounting(live: &Live) -> Value {
                     "longPrompt": pricing.long_prompt.map(|(over, r)| json!({"over": over, "input": r.input, "output": r.output})),
                 })
             });
-            let tokenizer = kind.map(|kind| {
-                let (encoding, exact) = Encoding::for_model(kind, &target.model);
-                json!({"encoding": encoding.name(), "estimate": if exact { "model's own tokenizer" } else { "stand-in" }})
-            });
+            let (encoding, exact) = Encoding::for_model(kind, &target.model);
+            let tokenizer =
+                json!({"encoding": encoding.name(), "estimate": if exact { "model's own tokenizer" } else { "stand-in" }});
             (target.name.clone(), json!({"price": price, "tokenizer": tokenizer}))
         });
         (alias.clone(), targets.collect::<serde_json::Map<_, _>>())

@@ -25,7 +25,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use rand::Rng;
-use routing::table::{Provider, ProviderKind, Route, Target};
+use routing::table::{Provider, Route, Target};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -135,12 +135,7 @@ async fn serve(
                     // try_candidate only succeeds for targets with stats.
                     return Err(ProxyError::NoCandidate { alias, skipped });
                 };
-                let kind = live
-                    .snapshot
-                    .table
-                    .providers
-                    .get(&candidate.target.provider)
-                    .map_or(ProviderKind::OpenaiCompatible, |p| p.kind);
+                let kind = plan::kind_of(&live, candidate.target);
                 let served = Served {
                     ctx: ctx.clone(),
                     live: live.clone(),

@@ -167,7 +167,7 @@ fn price_of(live: &Live, target: &Target) -> f64 {
 /// The provider kind of a target (the table check guarantees its provider
 /// exists; a missing one counts as OpenAI-compatible, which has no built-in
 /// prices).
-fn kind_of(live: &Live, target: &Target) -> ProviderKind {
+pub fn kind_of(live: &Live, target: &Target) -> ProviderKind {
     live.snapshot.table.providers.get(&target.provider).map_or(ProviderKind::OpenaiCompatible, |p| p.kind)
 }
 
