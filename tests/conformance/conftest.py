@@ -69,6 +69,12 @@ class ProviderTarget:
     answer_tail: str
     #: Whether the proxy serves ``/v1/embeddings`` through this provider.
     embeds: bool
+    #: Whether the built-in price table prices the model (openai-compatible targets have no
+    #: built-in prices).
+    priced: bool = True
+    #: Whether the fake reports usage on streams (the proxy asks; Mistral has no
+    #: ``stream_options``, so its fake sends none and the proxy estimates).
+    stream_usage: bool = True
 
     @property
     def alias(self) -> str:
@@ -86,8 +92,12 @@ class ProviderTarget:
 #: provider (and its fake) is one more entry here: the parametrized tests pick it up.
 PROVIDER_TARGETS = [
     ProviderTarget("openai", "openai", "gpt-4.1-mini", "this is a fake completion", embeds=True),
-    ProviderTarget("openai-compatible", "openai", "llama-3.1-8b-instruct", "this is a fake completion", embeds=True),
-    ProviderTarget("mistral", "openai", "mistral-small-latest", "this is a fake completion", embeds=True),
+    ProviderTarget(
+        "openai-compatible", "openai", "llama-3.1-8b-instruct", "this is a fake completion", embeds=True, priced=False
+    ),
+    ProviderTarget(
+        "mistral", "openai", "mistral-small-latest", "this is a fake completion", embeds=True, stream_usage=False
+    ),
     ProviderTarget("anthropic", "anthropic", "claude-haiku-4-5", "this is a fake anthropic reply", embeds=False),
     ProviderTarget("gemini", "gemini", "gemini-2.5-flash", "this is a fake gemini reply", embeds=False),
 ]
@@ -326,6 +336,20 @@ class Stack:
     @property
     def v1(self) -> str:
         return f"{self.base_url}/v1"
+
+    def access_log(self, request_id: str, timeout: float = 5.0) -> dict:
+        """The proxy's JSON access log line of the request with this ``x-request-id``."""
+
+        def parse(line: str) -> Optional[dict]:
+            try:
+                log = json.loads(line)
+            except ValueError:
+                return None
+            if isinstance(log, dict) and log.get("request_id") == request_id and "status" in log:
+                return log
+            return None
+
+        return self.proxy.wait_for("stderr", parse, f"the access log line of `{request_id}`", timeout)
 
 
 def _require_binary(path: Path, var: str) -> str:

@@ -212,6 +212,50 @@ def test_streamed_tool_call(client, target: ProviderTarget):
     assert followed["text"] == target.answer()
 
 
+# === Tokens and cost ===
+
+
+@by_provider
+def test_cost_header_and_access_log(client, stack, target: ProviderTarget):
+    request_id = f"cost-{target.provider}"
+    raw = client.chat.completions.with_raw_response.create(
+        model=target.alias, messages=MESSAGES, extra_headers={"x-request-id": request_id}
+    )
+    usage = raw.parse().usage
+    log = stack.access_log(request_id)
+    assert (log["tokens_in"], log["tokens_out"]) == (usage.prompt_tokens, usage.completion_tokens)
+    assert log["tokens_estimated"] is False, "the provider reported usage"
+    header = raw.headers.get("x-switchyard-cost-usd")
+    if target.priced:
+        assert header is not None and float(header) > 0, header
+        assert log["price_source"] == "built-in"
+        assert abs(log["cost_usd"] - float(header)) < 1e-12, (log, header)
+    else:
+        assert header is None, "no built-in price: no made-up cost"
+        assert log["price_source"] == "none" and "cost_usd" not in log, log
+
+
+@by_provider
+def test_a_stream_without_provider_usage_is_estimated(client, stack, target: ProviderTarget):
+    request_id = f"stream-usage-{target.provider}"
+    stream = client.chat.completions.create(
+        model=target.alias,
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"x-request-id": request_id},
+    )
+    usage = collect_stream(stream)["chunks"][-1].usage
+    log = stack.access_log(request_id)
+    assert log["tokens_estimated"] is (not target.stream_usage), log
+    assert (log["tokens_in"], log["tokens_out"]) == (usage.prompt_tokens, usage.completion_tokens)
+    if target.stream_usage:
+        assert usage.prompt_tokens == PROMPT_WORDS, "the fake's own count came through"
+    else:
+        # The proxy's BPE count: more than the words (framing tokens), of the same order.
+        assert PROMPT_WORDS < usage.prompt_tokens < 3 * PROMPT_WORDS, usage
+
+
 # === Embeddings ===
 
 
