@@ -128,7 +128,9 @@ async fn serve(
     let mut skipped = plan.skipped.clone();
     let mut last_error = None;
     for candidate in &plan.candidates {
+        let before = attempts.len();
         let outcome = request.try_candidate(candidate, &mut attempts, &mut skipped).await;
+        count_tried(&live, candidate, &outcome, attempts.len() > before);
         let error = match outcome {
             Ok(answer) => {
                 let Some(stats) = live.target_stats(&candidate.route.alias, &candidate.target.name).cloned() else {
@@ -177,6 +179,18 @@ async fn serve(
         Some(last) if !attempts.is_empty() => ProxyError::Exhausted { alias, attempts, last: Box::new(last), skipped },
         _ => ProxyError::NoCandidate { alias, skipped },
     })
+}
+
+/// Feeds the operator's report counters: a candidate that served, or failed
+/// after at least one attempt, was tried. An upstream that refused the
+/// client's request as invalid is not the target's failure.
+fn count_tried(live: &Live, candidate: &Candidate<'_>, outcome: &Result<Answer, UpstreamError>, attempted: bool) {
+    if !(outcome.is_ok() || attempted) {
+        return;
+    }
+    if let Some(stats) = live.target_stats(&candidate.route.alias, &candidate.target.name) {
+        stats.counters.record_tried(outcome.as_ref().is_err_and(|e| e.class() != Class::Final));
+    }
 }
 
 /// Counts and logs a request that ended in an error. Requests rejected before
@@ -620,6 +634,11 @@ impl Served {
             Outcome::ClientClosed => ("499", &metrics.client_closed),
         };
         counter.inc();
+        match &outcome {
+            Outcome::Ok => self.stats.counters.record_served(duration, ttft),
+            Outcome::StreamFailed(_) => self.stats.counters.record_broken(),
+            Outcome::ClientClosed => {}
+        }
         metrics.duration.observe(duration.as_secs_f64());
         if let Some(ttft) = ttft {
             metrics.ttft.observe(ttft.as_secs_f64());

@@ -7,10 +7,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use routing::Snapshot;
+use routing::distribution::{LATENCY_BUCKETS_MS, TargetCounters};
 use routing::table::Limits;
 
 use crate::metrics::{Metrics, TargetMetrics};
@@ -40,7 +41,57 @@ impl Live {
     pub fn provider_stats(&self, provider: &str) -> Option<&Arc<ProviderStats>> {
         self.providers.get(provider)
     }
+
+    /// The report counters of every target of the table, by route and target.
+    pub fn target_counters(&self) -> Vec<TargetCounters> {
+        let mut all: Vec<_> =
+            self.targets.iter().map(|((route, target), stats)| stats.counters.report(route, target)).collect();
+        all.sort_by(|a, b| (&a.route, &a.target).cmp(&(&b.route, &b.target)));
+        all
+    }
 }
+
+/// A snapshot with its provider endpoints built, ready to be installed:
+/// building them first lets a caller refuse a snapshot that cannot be served.
+#[derive(Debug)]
+pub struct Prepared {
+    snapshot: Snapshot,
+    endpoints: HashMap<String, Result<Endpoint, String>>,
+}
+
+impl Prepared {
+    /// Builds the endpoint of every HTTP provider of `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Self {
+        let endpoints = snapshot
+            .table
+            .providers
+            .iter()
+            .filter_map(|(key, provider)| {
+                Some((key.clone(), Endpoint::prepare(provider, snapshot.credentials.get(key))?))
+            })
+            .collect();
+        Self { snapshot, endpoints }
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// One line per provider whose endpoint cannot be built, sorted; never
+    /// contains a credential.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter_map(|(key, endpoint)| endpoint.as_ref().err().map(|e| format!("provider `{key}`: {e}")))
+            .collect();
+        problems.sort();
+        problems
+    }
+}
+
+/// Report counters by (alias, target name).
+type CountersByTarget = HashMap<(String, String), Arc<Counters>>;
 
 /// Shared handle to the current table. Cheap to clone.
 #[derive(Clone)]
@@ -48,12 +99,14 @@ pub struct RoutingHandle {
     current: Arc<ArcSwapOption<Live>>,
     diagnostics: Arc<ArcSwap<Vec<String>>>,
     metrics: Arc<Metrics>,
+    /// Report counters by (alias, target), see [`RoutingHandle::counters`].
+    counters: Arc<Mutex<CountersByTarget>>,
 }
 
 impl RoutingHandle {
     /// An empty handle; per-target series are registered in `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { current: Arc::default(), diagnostics: Arc::default(), metrics }
+        Self { current: Arc::default(), diagnostics: Arc::default(), metrics, counters: Arc::default() }
     }
 
     /// The table in force, or `None` before the first install.
@@ -61,11 +114,22 @@ impl RoutingHandle {
         self.current.load_full()
     }
 
-    /// Installs a snapshot that passed `Snapshot::check`. Readers see either
-    /// the old or the new table, never a mix. Counters of targets and
-    /// providers that still exist carry over, so circuit breakers and
-    /// in-flight counts survive a reload.
+    /// Installs a snapshot that passed `Snapshot::check`, logging providers
+    /// whose endpoint cannot be built (their targets are skipped).
     pub fn install(&self, snapshot: Snapshot) {
+        let prepared = Prepared::new(snapshot);
+        for problem in prepared.problems() {
+            tracing::error!(%problem, "provider cannot be called; its targets will be skipped");
+        }
+        self.install_prepared(prepared);
+    }
+
+    /// Installs a prepared snapshot. Readers see either the old or the new
+    /// table, never a mix. Counters of targets and providers that still
+    /// exist carry over, so circuit breakers and in-flight counts survive a
+    /// reload.
+    pub fn install_prepared(&self, prepared: Prepared) {
+        let Prepared { snapshot, endpoints } = prepared;
         let previous = self.current.load_full();
         let mut targets = HashMap::new();
         let mut providers = HashMap::new();
@@ -82,7 +146,8 @@ impl RoutingHandle {
                     .cloned()
                     .unwrap_or_else(|| {
                         let metrics = self.metrics.for_target(alias, &target.name, &target.provider);
-                        Arc::new(TargetStats::new(target.provider.clone(), metrics))
+                        let counters = self.counters(&key);
+                        Arc::new(TargetStats::new(target.provider.clone(), metrics, counters))
                     });
                 targets.insert(key, stats);
             }
@@ -94,19 +159,14 @@ impl RoutingHandle {
                 .unwrap_or_else(|| Arc::new(ProviderStats::new(provider.limits.clone())));
             providers.insert(key.clone(), stats);
         }
-        let endpoints = snapshot
-            .table
-            .providers
-            .iter()
-            .filter_map(|(key, provider)| {
-                let prepared = Endpoint::prepare(provider, snapshot.credentials.get(key))?;
-                if let Err(problem) = &prepared {
-                    tracing::error!(provider = %key, %problem, "provider cannot be called; its targets will be skipped");
-                }
-                Some((key.clone(), prepared))
-            })
-            .collect();
         self.current.store(Some(Arc::new(Live { snapshot, targets, providers, endpoints })));
+    }
+
+    /// The report counters of a target, created on first use and kept for
+    /// the life of the process, so that they stay cumulative across tables.
+    fn counters(&self, key: &(String, String)) -> Arc<Counters> {
+        let mut all = self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.entry(key.clone()).or_default().clone()
     }
 
     /// Findings of the last load, shown on the admin port.
@@ -132,6 +192,8 @@ pub struct TargetStats {
     /// The provider key the counters were made for.
     provider: String,
     pub metrics: TargetMetrics,
+    /// What the operator is told about this target (cluster mode).
+    pub counters: Arc<Counters>,
     pub in_flight: AtomicU64,
     consecutive_failures: AtomicU32,
     /// `now_ms()` until which the circuit is open; 0 = closed.
@@ -150,10 +212,11 @@ pub enum Circuit {
 }
 
 impl TargetStats {
-    fn new(provider: String, metrics: TargetMetrics) -> Self {
+    fn new(provider: String, metrics: TargetMetrics, counters: Arc<Counters>) -> Self {
         Self {
             provider,
             metrics,
+            counters,
             in_flight: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
@@ -212,6 +275,60 @@ impl TargetStats {
     }
 }
 
+/// Buckets of a report histogram: one per bound of [`LATENCY_BUCKETS_MS`] and an overflow.
+const BUCKETS: usize = LATENCY_BUCKETS_MS.len() + 1;
+
+/// Cumulative per-target numbers for the operator's reports (canary
+/// analysis): plain relaxed atomics, a handful of adds per request.
+#[derive(Debug, Default)]
+pub struct Counters {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    latency_ms: [AtomicU64; BUCKETS],
+    first_token_ms: [AtomicU64; BUCKETS],
+}
+
+impl Counters {
+    /// The target was tried for a request; `failed` when it did not serve it.
+    pub fn record_tried(&self, failed: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A served request whose answer was tried and then broke (a stream cut after commit).
+    pub fn record_broken(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A served request's total latency and, for streams, time to first token.
+    pub fn record_served(&self, latency: Duration, first_token: Option<Duration>) {
+        self.latency_ms[bucket(latency)].fetch_add(1, Ordering::Relaxed);
+        if let Some(first_token) = first_token {
+            self.first_token_ms[bucket(first_token)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn report(&self, route: &str, target: &str) -> TargetCounters {
+        let read = |buckets: &[AtomicU64; BUCKETS]| buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        TargetCounters {
+            route: route.to_owned(),
+            target: target.to_owned(),
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            latency_ms: read(&self.latency_ms),
+            first_token_ms: read(&self.first_token_ms),
+        }
+    }
+}
+
+/// The histogram bucket of `elapsed`: the first bound it does not exceed, or the overflow.
+fn bucket(elapsed: Duration) -> usize {
+    let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    LATENCY_BUCKETS_MS.partition_point(|&bound| bound < ms)
+}
+
 /// Limits shared by every target of one provider account.
 #[derive(Debug)]
 pub struct ProviderStats {
@@ -250,5 +367,28 @@ impl ProviderStats {
 
     pub fn release(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_buckets_are_inclusive_upper_bounds_with_an_overflow() {
+        let ms = Duration::from_millis;
+        assert_eq!(bucket(ms(0)), 0);
+        assert_eq!(bucket(ms(5)), 0);
+        assert_eq!(bucket(ms(6)), 1);
+        assert_eq!(bucket(ms(60_000)), LATENCY_BUCKETS_MS.len() - 1);
+        assert_eq!(bucket(ms(60_001)), LATENCY_BUCKETS_MS.len());
+        let counters = Counters::default();
+        counters.record_tried(false);
+        counters.record_tried(true);
+        counters.record_served(ms(7), Some(ms(3)));
+        let report = counters.report("chat", "a");
+        assert_eq!((report.requests, report.errors), (2, 1));
+        assert_eq!(report.latency_ms.len(), BUCKETS);
+        assert_eq!((report.latency_ms[1], report.first_token_ms[0]), (1, 1));
     }
 }
