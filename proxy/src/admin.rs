@@ -1,11 +1,13 @@
 //! Admin port: health, readiness, metrics, the table in force, a status page.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use crate::cluster::Cluster;
 use crate::cost::{self, PriceSource, Pricing};
 use crate::metrics::Metrics;
 use crate::plan;
@@ -16,6 +18,22 @@ use crate::tokens::Encoding;
 pub struct Admin {
     pub routing: RoutingHandle,
     pub metrics: Arc<Metrics>,
+    pub source: Source,
+}
+
+/// Where tables come from, for `/debug/table`.
+pub enum Source {
+    Manifests(PathBuf),
+    Operator(Arc<Cluster>),
+}
+
+impl Source {
+    fn describe(&self) -> serde_json::Value {
+        match self {
+            Self::Manifests(dir) => json!({"manifests": dir.display().to_string()}),
+            Self::Operator(cluster) => cluster.describe(),
+        }
+    }
 }
 
 impl Handler for Admin {
@@ -55,6 +73,7 @@ impl Admin {
             "credentials": live.as_ref().map(|l| l.snapshot.credentials.keys().map(|k| (k.clone(), "*****")).collect::<std::collections::BTreeMap<_, _>>()),
             "accounting": live.as_deref().map(accounting),
             "diagnostics": *self.routing.diagnostics(),
+            "source": self.source.describe(),
         });
         let mut response = Response::new(full(serde_json::to_string_pretty(&body).unwrap_or_default()));
         response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));

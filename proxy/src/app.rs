@@ -1,4 +1,5 @@
-//! Wiring: the data and admin servers, the manifest watcher, shutdown.
+//! Wiring: the data and admin servers, the table source (manifest watcher or
+//! operator client), shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,9 +11,10 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, Source};
 use crate::args::Args;
 use crate::chat::{self, Context};
+use crate::cluster::Cluster;
 use crate::errors::ProxyError;
 use crate::messages;
 use crate::metrics::Metrics;
@@ -132,30 +134,61 @@ pub struct Running {
     shutdown: CancellationToken,
     data_task: JoinHandle<bool>,
     admin_task: JoinHandle<bool>,
-    watch_task: JoinHandle<std::io::Result<()>>,
+    /// The manifest watcher or the operator client.
+    source_task: JoinHandle<std::io::Result<()>>,
+    source_name: &'static str,
 }
 
-/// Binds both ports, loads the manifests and starts serving.
+/// Binds both ports, loads the first table and starts serving.
 pub async fn start(args: Args) -> Result<Running, AppError> {
-    let Args { manifests, listen, admin_listen, drain_timeout, reload_interval, worker_threads: _, log_format: _ } =
-        args;
-    if !manifests.is_dir() {
-        return Err(AppError::Config(format!(
-            "`--manifests {}` is not a directory: point it at a folder of ModelRoute/ProviderSecret YAML files",
-            manifests.display()
-        )));
-    }
+    let Args {
+        manifests,
+        cluster,
+        listen,
+        admin_listen,
+        drain_timeout,
+        reload_interval,
+        worker_threads: _,
+        log_format: _,
+    } = args;
     let metrics = Arc::new(Metrics::new());
     let routing = RoutingHandle::new(metrics.clone());
-    let seen = source::fingerprint(&manifests);
-    source::load(&manifests, &routing, &metrics, true);
+    // The source is checked and the first table loaded before binding, so
+    // that a configuration error exits before the ports are taken.
+    let (source, seen) = match manifests {
+        Some(dir) if cluster.operator.is_none() => {
+            if !dir.is_dir() {
+                return Err(AppError::Config(format!(
+                    "`--manifests {}` is not a directory: point it at a folder of ModelRoute/ProviderSecret YAML files",
+                    dir.display()
+                )));
+            }
+            let seen = source::fingerprint(&dir);
+            source::load(&dir, &routing, &metrics, true);
+            (Source::Manifests(dir), Some(seen))
+        }
+        None if cluster.operator.is_some() => {
+            let cluster = Arc::new(Cluster::new(cluster).map_err(AppError::Config)?);
+            cluster.boot(&routing, &metrics);
+            (Source::Operator(cluster), None)
+        }
+        _ => {
+            return Err(AppError::Config(
+                "give exactly one of `--manifests DIR` (standalone) and `--operator URL` (cluster mode)".to_owned(),
+            ));
+        }
+    };
 
     let data_listener = server::bind(listen, "--listen").await?;
     let admin_listener = server::bind(admin_listen, "--admin-listen").await?;
     let data_addr = data_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let (kind, from) = match &source {
+        Source::Manifests(dir) => ("manifests", dir.display().to_string()),
+        Source::Operator(cluster) => ("operator", cluster.operator().to_owned()),
+    };
     tracing::info!(
-        listen = %data_addr, admin_listen = %admin_addr, manifests = %manifests.display(),
+        listen = %data_addr, admin_listen = %admin_addr, source = kind, from = %from,
         drain_timeout_ms = u64::try_from(drain_timeout.as_millis()).unwrap_or(u64::MAX),
         "switchyard-proxy listening"
     );
@@ -164,18 +197,37 @@ pub async fn start(args: Args) -> Result<Running, AppError> {
     let data = Arc::new(DataPlane {
         chat: Arc::new(Context { routing: routing.clone(), upstreams: Upstreams::new(), metrics: metrics.clone() }),
     });
-    let admin = Arc::new(Admin { routing: routing.clone(), metrics: metrics.clone() });
+    let (source_task, source_name) = match &source {
+        Source::Manifests(dir) => {
+            let watch = source::watch(
+                dir.clone(),
+                seen.unwrap_or_default(),
+                routing.clone(),
+                metrics.clone(),
+                reload_interval,
+                shutdown.clone(),
+            );
+            (tokio::spawn(watch), "manifest watcher")
+        }
+        Source::Operator(cluster) => {
+            (tokio::spawn(cluster.clone().run(routing.clone(), metrics.clone(), shutdown.clone())), "operator client")
+        }
+    };
+    let admin = Arc::new(Admin { routing: routing.clone(), metrics: metrics.clone(), source });
     let data_task = tokio::spawn(server::serve(data_listener, data, shutdown.clone(), drain_timeout));
     let admin_task = tokio::spawn(server::serve(admin_listener, admin, shutdown.clone(), Duration::from_secs(1)));
-    let watch_task = tokio::spawn(source::watch(
-        manifests,
-        seen,
-        routing.clone(),
-        metrics.clone(),
-        reload_interval,
-        shutdown.clone(),
-    ));
-    Ok(Running { data_addr, admin_addr, routing, metrics, drain_timeout, shutdown, data_task, admin_task, watch_task })
+    Ok(Running {
+        data_addr,
+        admin_addr,
+        routing,
+        metrics,
+        drain_timeout,
+        shutdown,
+        data_task,
+        admin_task,
+        source_task,
+        source_name,
+    })
 }
 
 impl Running {
@@ -189,7 +241,7 @@ impl Running {
         self.shutdown.cancel();
         let drained = self.data_task.await.unwrap_or(false);
         let _ = self.admin_task.await;
-        let _ = self.watch_task.await;
+        let _ = self.source_task.await;
         if drained {
             tracing::info!("drain complete");
         } else {
@@ -207,7 +259,7 @@ impl Running {
             _ = tokio::signal::ctrl_c() => None,
             _ = &mut self.data_task => Some("data server"),
             _ = &mut self.admin_task => Some("admin server"),
-            _ = &mut self.watch_task => Some("manifest watcher"),
+            _ = &mut self.source_task => Some(self.source_name),
         };
         if let Some(task) = unexpected {
             self.shutdown.cancel();

@@ -1,19 +1,24 @@
-//! Process configuration: flags with environment fallbacks. Routing itself is
-//! configured only by manifests.
+//! Process configuration: flags with environment fallbacks. Routing itself
+//! comes from one source: a manifest directory (standalone) or the operator
+//! (cluster mode); exactly one of `--manifests` and `--operator` is given.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{ArgGroup, Args as ClapArgs, Parser};
 
 /// `switchyard-proxy`: the Switchyard data plane.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "switchyard-proxy", version, about)]
+#[command(group(ArgGroup::new("source").required(true).args(["manifests", "operator"])))]
 pub struct Args {
     /// Directory of ModelRoute, ProviderSecret and Secret manifests (standalone mode).
     #[arg(long, env = "SWITCHYARD_MANIFESTS")]
-    pub manifests: PathBuf,
+    pub manifests: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 
     /// Address of the OpenAI-compatible API.
     #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:8080")]
@@ -40,6 +45,67 @@ pub struct Args {
     /// Log format: `json` (one object per line) or `text`.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
+}
+
+/// Default of `--max-table-bytes`: 64 MiB.
+pub const DEFAULT_MAX_TABLE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Cluster mode: the table comes from the operator (see `docs/cluster-mode.md`).
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ClusterArgs {
+    /// Base URL of the operator's distribution endpoint, e.g.
+    /// `https://switchyard-operator.switchyard.svc:8443` (cluster mode).
+    #[arg(long, env = "SWITCHYARD_OPERATOR", requires = "token_file")]
+    pub operator: Option<String>,
+
+    /// File holding the bearer token the operator expects (surrounding whitespace is ignored).
+    #[arg(long, env = "SWITCHYARD_TOKEN_FILE", requires = "operator")]
+    pub token_file: Option<PathBuf>,
+
+    /// Snapshot JSON to boot from while the operator is unreachable (the
+    /// operator's bootstrap Secret, key `snapshot.json`, mounted as a file). May be absent.
+    #[arg(long, env = "SWITCHYARD_BOOTSTRAP", requires = "operator")]
+    pub bootstrap: Option<PathBuf>,
+
+    /// Directory where the last applied snapshot is kept (mode 0600), to boot from after a restart.
+    #[arg(long, env = "SWITCHYARD_STATE_DIR", requires = "operator")]
+    pub state_dir: Option<PathBuf>,
+
+    /// This proxy's name in reports; default: env `POD_NAME`, then the hostname.
+    #[arg(long, env = "SWITCHYARD_PROXY_NAME", requires = "operator")]
+    pub proxy_name: Option<String>,
+
+    /// PEM file of the CA that signed the operator's certificate; default: the webpki roots.
+    #[arg(long, env = "SWITCHYARD_OPERATOR_CA", requires = "operator")]
+    pub operator_ca: Option<PathBuf>,
+
+    /// Largest snapshot accepted from the operator, in bytes; a larger one is rejected.
+    #[arg(long, env = "SWITCHYARD_MAX_TABLE_BYTES", default_value_t = DEFAULT_MAX_TABLE_BYTES)]
+    pub max_table_bytes: usize,
+
+    /// How long the operator may hold one long poll (at most 60 s).
+    #[arg(long, env = "SWITCHYARD_POLL_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub poll_wait: Duration,
+
+    /// Interval of the heartbeat report (at most half the operator's 15 s liveness window).
+    #[arg(long, env = "SWITCHYARD_REPORT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub report_interval: Duration,
+}
+
+impl Default for ClusterArgs {
+    fn default() -> Self {
+        Self {
+            operator: None,
+            token_file: None,
+            bootstrap: None,
+            state_dir: None,
+            proxy_name: None,
+            operator_ca: None,
+            max_table_bytes: DEFAULT_MAX_TABLE_BYTES,
+            poll_wait: Duration::from_secs(30),
+            report_interval: Duration::from_millis(routing::distribution::REPORT_INTERVAL_MS),
+        }
+    }
 }
 
 /// Parses `250ms`, `30s`, `5m` or `1h`.

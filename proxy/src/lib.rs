@@ -4,8 +4,9 @@
 //! and Anthropic's Messages API (`/v1/messages`)
 //! from a routing table that is swapped atomically while requests are in
 //! flight. Each request takes one snapshot of the table and makes every
-//! decision (target, retries, fallbacks) against it. Where tables come from is
-//! the job of [`source`]; this crate never talks to the Kubernetes API.
+//! decision (target, retries, fallbacks) against it. Tables come from a
+//! manifest directory ([`source`]) or from the operator ([`cluster`]); this
+//! crate never talks to the Kubernetes API.
 //!
 //! Behaviour that spans modules is described in `docs/request-path.md`.
 
@@ -13,6 +14,7 @@ pub mod admin;
 pub mod app;
 pub mod args;
 pub mod chat;
+pub mod cluster;
 pub mod cost;
 pub mod errors;
 pub mod messages;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use proxy::app::Running;
-use proxy::args::Args;
+use proxy::args::{Args, ClusterArgs};
 use serde_json::{Value, json};
 
 pub struct Proxy {
@@ -25,6 +25,21 @@ pub fn write_file(dir: &Path, name: &str, content: &str) {
     std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
+/// Flags for an in-process proxy on OS-chosen loopback ports with a fast
+/// reload interval: standalone on `manifests`, or in cluster mode.
+pub fn args(manifests: Option<&Path>, cluster: ClusterArgs) -> Args {
+    Args {
+        manifests: manifests.map(Path::to_path_buf),
+        cluster,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        drain_timeout: Duration::from_secs(5),
+        reload_interval: Duration::from_millis(50),
+        worker_threads: None,
+        log_format: "json".into(),
+    }
+}
+
 impl Proxy {
     /// Starts a proxy on `files` (name, YAML) with a fast reload interval.
     pub async fn start(files: &[(&str, &str)]) -> Proxy {
@@ -36,16 +51,7 @@ impl Proxy {
     }
 
     pub async fn start_in(dir: tempfile::TempDir) -> Proxy {
-        let args = Args {
-            manifests: dir.path().to_path_buf(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_listen: "127.0.0.1:0".parse().unwrap(),
-            drain_timeout: Duration::from_secs(5),
-            reload_interval: Duration::from_millis(50),
-            worker_threads: None,
-            log_format: "json".into(),
-        };
-        let running = proxy::app::start(args).await.unwrap();
+        let running = proxy::app::start(args(Some(dir.path()), ClusterArgs::default())).await.unwrap();
         let base = format!("http://{}", running.data_addr);
         let admin = format!("http://{}", running.admin_addr);
         let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
