@@ -249,6 +249,12 @@ pub struct Provider {
     pub headers: BTreeMap<String, String>,
     pub limits: Limits,
     pub mock: Option<MockSettings>,
+    /// Azure OpenAI's `api-version` (`spec.azure.apiVersion`): with it the
+    /// proxy calls the deployment URLs
+    /// (`/openai/deployments/{model}/...?api-version=...`), without it Azure's
+    /// v1 API (`/openai/v1/...`). Always `None` for other providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
 }
 
 /// The wire protocol a provider speaks.

@@ -163,6 +163,17 @@ fn missing_secret_key_names_the_secret_and_key_but_never_a_value() {
 }
 
 #[test]
+fn azure_api_versions_and_presets_reach_the_table() {
+    let (_, compiled) = check_golden("azure_cohere_presets");
+    let providers = &compiled.snapshot.table.providers;
+    assert_eq!(providers["ai/azure-classic"].api_version.as_deref(), Some("2024-10-21"));
+    assert_eq!(providers["ai/azure-v1"].api_version, None);
+    assert_eq!(providers["ai/groq"].base_url, "https://api.groq.com/openai/v1");
+    assert_eq!(providers["ai/ollama"].base_url, "http://localhost:11434/v1");
+    assert!(!providers.contains_key("ai/together-no-key"));
+}
+
+#[test]
 fn invalid_spec_reports_every_problem_at_once() {
     let (_, compiled) = check_golden("invalid_spec");
     let fields: Vec<&str> = compiled

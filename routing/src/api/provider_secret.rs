@@ -36,11 +36,19 @@ use crate::table::ProviderKind;
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(
-    "has(self.baseUrl) || !(self.provider in ['azure-openai', 'openai-compatible'])"
-).message("baseUrl is required for providers azure-openai and openai-compatible").field_path(".baseUrl"))]
+    "has(self.baseUrl) || self.provider != 'azure-openai'"
+).message("baseUrl is required for provider azure-openai").field_path(".baseUrl"))]
+#[x_kube(validation = Rule::new(
+    "has(self.baseUrl) || has(self.preset) || self.provider != 'openai-compatible'"
+).message("baseUrl is required for provider openai-compatible without a preset").field_path(".baseUrl"))]
 #[x_kube(validation = Rule::new(
     "has(self.apiKey) || self.provider in ['openai-compatible', 'mock']"
 ).message("apiKey is required for this provider (optional only for openai-compatible and mock)").field_path(".apiKey"))]
+#[x_kube(validation = Rule::new(
+    "has(self.apiKey) || !has(self.preset) || !(self.preset in ['groq', 'together'])"
+).message("apiKey is required for the hosted presets groq and together").field_path(".apiKey"))]
+#[x_kube(validation = Rule::new("!has(self.preset) || self.provider == 'openai-compatible'")
+    .message("preset is only allowed with provider openai-compatible").field_path(".preset"))]
 #[x_kube(validation = Rule::new("!has(self.mock) || self.provider == 'mock'")
     .message("mock settings are only allowed with provider mock").field_path(".mock"))]
 #[x_kube(validation = Rule::new("!has(self.azure) || self.provider == 'azure-openai'")
@@ -53,9 +61,9 @@ pub struct ProviderSecretSpec {
 
     /// Base URL as the provider's SDK means it: with the version path for
     /// OpenAI-style providers (`http://vllm:8000/v1`), the bare origin for
-    /// Anthropic and Gemini, the resource origin for Azure. Required for
-    /// `azure-openai` and `openai-compatible`; defaults to the vendor's public
-    /// endpoint otherwise.
+    /// Anthropic, Gemini and Cohere, the resource origin for Azure. Required
+    /// for `azure-openai` and for `openai-compatible` without a `preset`;
+    /// defaults to the vendor's public endpoint (or the preset's) otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048), regex(pattern = BASE_URL_PATTERN))]
     pub base_url: Option<String>,
@@ -75,6 +83,14 @@ pub struct ProviderSecretSpec {
     /// Options for `azure-openai` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azure: Option<AzureOptions>,
+
+    /// For `openai-compatible` only: a known server whose usual base URL
+    /// becomes the default of `baseUrl` (`vllm` `http://localhost:8000/v1`,
+    /// `ollama` `http://localhost:11434/v1`, `groq`
+    /// `https://api.groq.com/openai/v1`, `together`
+    /// `https://api.together.xyz/v1`). Nothing else changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<Preset>,
 
     /// Client-side limits the proxies enforce for this account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,6 +141,47 @@ impl ProviderType {
     /// The spelling used in manifests.
     pub fn as_str(self) -> &'static str {
         self.kind().as_str()
+    }
+}
+
+/// A known OpenAI-compatible server (`spec.preset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// vLLM's OpenAI-compatible server.
+    Vllm,
+    /// Ollama's OpenAI-compatible endpoints.
+    Ollama,
+    /// Groq's hosted API.
+    Groq,
+    /// Together AI's hosted API.
+    Together,
+}
+
+impl Preset {
+    /// The spelling used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Vllm => "vllm",
+            Self::Ollama => "ollama",
+            Self::Groq => "groq",
+            Self::Together => "together",
+        }
+    }
+
+    /// The server's usual base URL, with its version path.
+    pub fn base_url(self) -> &'static str {
+        match self {
+            Self::Vllm => "http://localhost:8000/v1",
+            Self::Ollama => "http://localhost:11434/v1",
+            Self::Groq => "https://api.groq.com/openai/v1",
+            Self::Together => "https://api.together.xyz/v1",
+        }
+    }
+
+    /// Whether the server is a hosted service that always wants an API key.
+    pub fn needs_api_key(self) -> bool {
+        matches!(self, Self::Groq | Self::Together)
     }
 }
 

@@ -174,7 +174,7 @@ fn every_cel_rule_compiles_and_stays_within_the_cost_budget() {
             assert!(warnings.is_empty(), "`{rule}`: {warnings:#?}");
         }
     }
-    assert_eq!(count, 11, "every rule was visited");
+    assert_eq!(count, 14, "every rule was visited");
 }
 
 /// Specs that break exactly one CEL rule (or none), with the word the
@@ -282,6 +282,30 @@ fn cel_cases() -> Vec<(&'static str, &'static str, Value, Option<&'static str>)>
             "azure settings elsewhere",
             json!({"provider": "openai-compatible", "baseUrl": "http://h", "azure": {}}),
             Some("only allowed with provider azure-openai"),
+        ),
+        (
+            "ProviderSecret",
+            "compatible preset without url",
+            json!({"provider": "openai-compatible", "preset": "ollama"}),
+            None,
+        ),
+        (
+            "ProviderSecret",
+            "hosted preset without key",
+            json!({"provider": "openai-compatible", "preset": "groq"}),
+            Some("apiKey is required for the hosted presets"),
+        ),
+        (
+            "ProviderSecret",
+            "preset elsewhere",
+            json!({"provider": "openai", "preset": "vllm", "apiKey": {"secretKeyRef": {"name": "s", "key": "k"}}}),
+            Some("preset is only allowed with provider openai-compatible"),
+        ),
+        (
+            "ProviderSecret",
+            "azure without url",
+            json!({"provider": "azure-openai", "apiKey": {"secretKeyRef": {"name": "s", "key": "k"}}}),
+            Some("baseUrl is required for provider azure-openai"),
         ),
         (
             "ProviderSecret",

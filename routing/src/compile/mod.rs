@@ -31,10 +31,13 @@
 //! (openai `https://api.openai.com/v1`, anthropic `https://api.anthropic.com`,
 //! gemini `https://generativelanguage.googleapis.com`, cohere
 //! `https://api.cohere.com`, mistral `https://api.mistral.ai/v1`), is required
-//! for `azure-openai` and `openai-compatible`, loses trailing `/`, and is
+//! for `azure-openai` and for `openai-compatible` without `preset` (whose
+//! base URL is the default otherwise), loses trailing `/`, and is
 //! empty for `mock` (a set one is ignored with a warning). `apiKey` is
-//! required except for `openai-compatible` (optional) and `mock` (ignored
-//! with a warning). A missing Secret or key gives `ResolvedRefs=False`
+//! required except for `openai-compatible` (optional, but required with the
+//! hosted presets `groq` and `together`) and `mock` (ignored with a warning).
+//! `preset` is only allowed with `openai-compatible`; `azure.apiVersion`
+//! reaches the table as `api_version`. A missing Secret or key gives `ResolvedRefs=False`
 //! (`SecretNotFound` / `SecretKeyNotFound`; an empty or non-UTF-8 value
 //! `InvalidSecret`) and the ProviderSecret is left out. The key is trimmed of
 //! surrounding whitespace (a trailing newline from `echo | base64` is the
@@ -535,6 +538,7 @@ fn compile_provider(
         headers: checked.headers,
         limits: checked.limits,
         mock: checked.mock,
+        api_version: checked.api_version,
     };
     Ok((provider, credential))
 }

@@ -171,6 +171,76 @@ spec:
 }
 
 #[test]
+fn presets_default_the_base_url_and_hosted_ones_need_a_key() {
+    let text = "
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderSecret
+metadata: {name: ollama}
+spec: {provider: openai-compatible, preset: ollama}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderSecret
+metadata: {name: vllm}
+spec: {provider: openai-compatible, preset: vllm, baseUrl: 'http://gpu-box:8000/v1'}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderSecret
+metadata: {name: groq}
+spec: {provider: openai-compatible, preset: groq}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderSecret
+metadata: {name: wrong}
+spec: {provider: mistral, preset: together, apiKey: {secretKeyRef: {name: k, key: k}}}
+";
+    let compiled = compile_yaml(text);
+    let providers = &compiled.snapshot.table.providers;
+    assert_eq!(providers["default/ollama"].base_url, "http://localhost:11434/v1");
+    assert_eq!(providers["default/ollama"].kind, table::ProviderKind::OpenaiCompatible);
+    assert_eq!(providers["default/vllm"].base_url, "http://gpu-box:8000/v1", "an explicit baseUrl wins");
+    assert!(!providers.contains_key("default/groq") && !providers.contains_key("default/wrong"));
+    let groq = compiled.diagnostics.iter().find(|d| d.object.name == "groq").expect("groq diagnostic");
+    assert_eq!(groq.field.as_deref(), Some("spec.apiKey"));
+    assert!(groq.message.contains("`spec.preset: groq`"), "{}", groq.message);
+    let wrong = compiled.diagnostics.iter().find(|d| d.object.name == "wrong").expect("wrong diagnostic");
+    assert_eq!(wrong.field.as_deref(), Some("spec.preset"));
+    assert!(wrong.message.contains("only allowed with provider `openai-compatible`"), "{}", wrong.message);
+}
+
+#[test]
+fn the_azure_api_version_reaches_the_table() {
+    let text = "
+apiVersion: v1
+kind: Secret
+metadata: {name: keys}
+stringData: {azure: az-key}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderSecret
+metadata: {name: classic}
+spec:
+  provider: azure-openai
+  baseUrl: https://my-resource.openai.azure.com/
+  apiKey: {secretKeyRef: {name: keys, key: azure}}
+  azure: {apiVersion: 2024-10-21}
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: ProviderSecret
+metadata: {name: v1}
+spec:
+  provider: azure-openai
+  baseUrl: https://my-resource.openai.azure.com
+  apiKey: {secretKeyRef: {name: keys, key: azure}}
+";
+    let compiled = compile_yaml(text);
+    let providers = &compiled.snapshot.table.providers;
+    assert_eq!(providers["default/classic"].api_version.as_deref(), Some("2024-10-21"));
+    assert_eq!(providers["default/classic"].base_url, "https://my-resource.openai.azure.com");
+    assert_eq!(providers["default/v1"].api_version, None);
+    assert!(compiled.diagnostics.is_empty(), "{:?}", compiled.diagnostics);
+}
+
+#[test]
 fn an_optional_key_that_is_set_must_still_resolve() {
     let text = "
 apiVersion: switchyard.dev/v1alpha1

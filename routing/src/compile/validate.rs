@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use super::parse::{self, shown};
-use crate::api::{self, ModelRouteSpec, ProviderSecretSpec, ProviderType, SecretKeyRef};
+use crate::api::{self, ModelRouteSpec, Preset, ProviderSecretSpec, ProviderType, SecretKeyRef};
 use crate::diag::reason;
 use crate::table::{self, FULL_SHARE, Limits, MockSettings, ProviderKind};
 
@@ -155,6 +155,8 @@ pub(super) struct ValidProvider {
     pub headers: BTreeMap<String, String>,
     pub limits: Limits,
     pub mock: Option<MockSettings>,
+    /// `spec.azure.apiVersion`, for `azure-openai`.
+    pub api_version: Option<String>,
     /// `None` when the provider needs no key (or it is ignored, for `mock`).
     pub api_key: Option<SecretKeyRef>,
 }
@@ -550,16 +552,17 @@ fn circuit_breaker(c: Option<&api::CircuitBreaker>, findings: &mut Findings) -> 
 
 // === ProviderSecret ===
 
-/// The vendor's public endpoint, or `None` where the user must say.
-fn default_base_url(provider: ProviderType) -> Option<&'static str> {
+/// The vendor's public endpoint (or the preset's), or `None` where the user must say.
+fn default_base_url(provider: ProviderType, preset: Option<Preset>) -> Option<&'static str> {
     match provider {
+        ProviderType::OpenaiCompatible => preset.map(Preset::base_url),
         ProviderType::Openai => Some("https://api.openai.com/v1"),
         ProviderType::Anthropic => Some("https://api.anthropic.com"),
         ProviderType::Gemini => Some("https://generativelanguage.googleapis.com"),
         ProviderType::Cohere => Some("https://api.cohere.com"),
         ProviderType::Mistral => Some("https://api.mistral.ai/v1"),
         ProviderType::Mock => Some(""),
-        ProviderType::AzureOpenai | ProviderType::OpenaiCompatible => None,
+        ProviderType::AzureOpenai => None,
     }
 }
 
@@ -573,7 +576,22 @@ pub(super) fn provider(spec: &ProviderSecretSpec, findings: &mut Findings) -> Op
     let provider = spec.provider;
     let name = provider.as_str();
 
-    let base_url = match (&spec.base_url, default_base_url(provider)) {
+    let preset = match spec.preset {
+        Some(preset) if provider != ProviderType::OpenaiCompatible => {
+            findings.error(
+                "spec.preset",
+                format!(
+                    "`spec.preset` ({}) is only allowed with provider `openai-compatible`, not `{name}`; remove it \
+                     or set `provider: openai-compatible`",
+                    preset.as_str()
+                ),
+            );
+            None
+        }
+        preset => preset,
+    };
+
+    let base_url = match (&spec.base_url, default_base_url(provider, preset)) {
         (Some(_), Some("")) => {
             findings.warning(
                 "spec.baseUrl",
@@ -600,7 +618,8 @@ pub(super) fn provider(spec: &ProviderSecretSpec, findings: &mut Findings) -> Op
             let example = if provider == ProviderType::AzureOpenai {
                 "the resource origin, such as `https://my-resource.openai.azure.com`"
             } else {
-                "the server's OpenAI-compatible base URL including the version path, such as `http://vllm:8000/v1`"
+                "the server's OpenAI-compatible base URL including the version path, such as `http://vllm:8000/v1` \
+                 (or set `spec.preset` to vllm, ollama, groq or together for their usual base URL)"
             };
             findings.error(
                 "spec.baseUrl",
@@ -641,6 +660,17 @@ pub(super) fn provider(spec: &ProviderSecretSpec, findings: &mut Findings) -> Op
                 );
             }
             Some(r.clone())
+        }
+        (None, ProviderType::OpenaiCompatible) if preset.is_some_and(Preset::needs_api_key) => {
+            let preset = preset.map_or("", Preset::as_str);
+            findings.error(
+                "spec.apiKey",
+                format!(
+                    "`spec.apiKey` is required with `spec.preset: {preset}` (a hosted service): set \
+                     `apiKey.secretKeyRef` to the name and key of the Secret that holds the API key"
+                ),
+            );
+            None
         }
         (None, ProviderType::OpenaiCompatible | ProviderType::Mock) => None,
         (None, _) => {
@@ -695,6 +725,7 @@ pub(super) fn provider(spec: &ProviderSecretSpec, findings: &mut Findings) -> Op
         }
     }
 
+    let mut api_version = None;
     if let Some(azure) = &spec.azure {
         if provider != ProviderType::AzureOpenai {
             findings.error(
@@ -712,13 +743,8 @@ pub(super) fn provider(spec: &ProviderSecretSpec, findings: &mut Findings) -> Op
                         shown(version)
                     ),
                 );
-            } else {
-                // TODO(routing): the table has no field for it yet.
-                findings.warning(
-                    "spec.azure.apiVersion",
-                    reason::UNSUPPORTED_VALUE,
-                    "`spec.azure.apiVersion` is not passed to the proxies yet; they use their built-in default",
-                );
+            } else if provider == ProviderType::AzureOpenai {
+                api_version = Some(version.clone());
             }
         }
     }
@@ -782,6 +808,7 @@ pub(super) fn provider(spec: &ProviderSecretSpec, findings: &mut Findings) -> Op
         headers,
         limits,
         mock,
+        api_version,
         api_key,
     })
 }
