@@ -1,9 +1,10 @@
 //! Sending one attempt to one provider and reading its answer.
 //!
 //! HTTP providers: `openai` and `openai-compatible` (the client's JSON with
-//! `model` replaced by the target's upstream model), `mistral` (the same with
-//! Mistral's rules), `anthropic` and `gemini` (translated both ways by
-//! [`crate::translate`]); `mock` is served in process by [`crate::mock`].
+//! `model` replaced by the target's upstream model), `mistral` and
+//! `azure-openai` (the same with their own rules), `anthropic`, `gemini` and
+//! `cohere` (translated both ways by [`crate::translate`]); `mock` is served
+//! in process by [`crate::mock`].
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -23,10 +24,9 @@ use crate::errors::UpstreamError;
 use crate::mock::MockStream;
 use crate::request::{ApiRequest, Operation};
 use crate::sse;
-use crate::translate::TranslateError;
 use crate::translate::anthropic::{self, AnthropicDefaults};
 use crate::translate::gemini::{self, GeminiDefaults};
-use crate::translate::mistral;
+use crate::translate::{ChunkFixer, TranslateError, azure, cohere, embeddings, mistral};
 
 /// One attempt's request.
 pub struct Call<'a> {
@@ -55,7 +55,8 @@ pub enum Reply {
 /// so hyper never logs them).
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    /// The provider's base URL, for providers whose path names the model (Gemini).
+    /// The provider's base URL, for providers whose path names the model
+    /// (Gemini, Azure's deployment URLs).
     base_url: String,
     /// The fixed chat URL, for providers whose path does not.
     chat_uri: Option<http::Uri>,
@@ -74,20 +75,27 @@ impl Endpoint {
     }
 
     fn build(provider: &Provider, api_key: Option<&Redacted>) -> Result<Self, String> {
+        let azure_v1 = provider.kind == ProviderKind::AzureOpenai && provider.api_version.is_none();
         let path = match provider.kind {
             ProviderKind::Anthropic => Some("/v1/messages"),
-            ProviderKind::Gemini => None,
+            ProviderKind::Cohere => Some("/v2/chat"),
+            ProviderKind::AzureOpenai if azure_v1 => Some("/openai/v1/chat/completions"),
+            ProviderKind::Gemini | ProviderKind::AzureOpenai => None,
             _ => Some("/chat/completions"),
         };
         let chat_uri = match path {
             Some(path) => Some(parse_uri(&format!("{}{path}", provider.base_url))?),
             None => None,
         };
-        let embeddings_uri = match provider.kind {
-            ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mistral => {
-                Some(parse_uri(&format!("{}/embeddings", provider.base_url))?)
-            }
+        let embeddings_path = match provider.kind {
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mistral => Some("/embeddings"),
+            ProviderKind::AzureOpenai if azure_v1 => Some("/openai/v1/embeddings"),
+            ProviderKind::Cohere => Some("/v2/embed"),
             _ => None,
+        };
+        let embeddings_uri = match embeddings_path {
+            Some(path) => Some(parse_uri(&format!("{}{path}", provider.base_url))?),
+            None => None,
         };
         let mut headers = HeaderMap::new();
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -109,6 +117,7 @@ impl Endpoint {
             let (name, value) = match provider.kind {
                 ProviderKind::Anthropic => (http::HeaderName::from_static("x-api-key"), key.expose().to_owned()),
                 ProviderKind::Gemini => (http::HeaderName::from_static("x-goog-api-key"), key.expose().to_owned()),
+                ProviderKind::AzureOpenai => (http::HeaderName::from_static("api-key"), key.expose().to_owned()),
                 _ => (http::header::AUTHORIZATION, format!("Bearer {}", key.expose())),
             };
             let mut value = HeaderValue::try_from(value)
@@ -168,23 +177,58 @@ impl Upstreams {
             ProviderKind::Anthropic => self.send_anthropic(&call).await,
             ProviderKind::Gemini => self.send_gemini(&call).await,
             ProviderKind::Mistral => self.send_mistral(&call).await,
-            other => Err(UpstreamError::Unsupported(other.as_str())),
+            ProviderKind::AzureOpenai => self.send_azure(&call).await,
+            ProviderKind::Cohere => self.send_cohere(&call).await,
         }
     }
 
     /// `/v1/embeddings` of OpenAI-shaped providers (the client's body with
-    /// the target's model), and the mock's deterministic vectors.
+    /// the target's model), Gemini's and Cohere's embeddings translated both
+    /// ways, and the mock's deterministic vectors.
     async fn send_embeddings(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
+        let model = &call.target.model;
         match call.provider.kind {
             ProviderKind::Mock => crate::mock::embed(call).await,
             ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mistral => {
                 let uri = endpoint(call)?.embeddings_uri.clone();
-                let body = call.body.to_upstream_json(&call.target.model, false);
+                let body = call.body.to_upstream_json(model, false);
                 let incoming = self.post(call, uri, body, |_, body| (body, None)).await?;
                 Ok(Reply::Json(read_all(incoming).await?))
             }
+            ProviderKind::AzureOpenai => {
+                let uri = azure_uri(call, "embeddings")?;
+                let body = call.body.to_upstream_json(model, false);
+                let incoming = self.post(call, uri, body, azure_error).await?;
+                Ok(Reply::Json(read_all(incoming).await?))
+            }
+            ProviderKind::Gemini => {
+                let request = embeddings::read(call.body.as_map(), "gemini").map_err(|e| translate_failure(&e))?;
+                let (method, body) = gemini::embeddings_to_gemini(&request, model);
+                let uri = parse_uri(&format!("{}/v1beta/models/{model}:{method}", endpoint(call)?.base_url))
+                    .map_err(UpstreamError::Misconfigured)?;
+                let incoming =
+                    self.post(call, Some(uri), serde_json::to_vec(&body).unwrap_or_default(), gemini_error).await?;
+                let answer = read_all(incoming).await?;
+                let openai = gemini::gemini_embeddings_to_openai(&answer, &call.body.model, &request)
+                    .map_err(|e| translate_failure(&e))?;
+                Ok(Reply::Json(Bytes::from(openai.to_string())))
+            }
+            ProviderKind::Cohere => {
+                let request = embeddings::read(call.body.as_map(), "cohere").map_err(|e| translate_failure(&e))?;
+                let body = cohere::embeddings_to_cohere(&request, call.body.as_map(), model)
+                    .map_err(|e| translate_failure(&e))?;
+                let uri = endpoint(call)?.embeddings_uri.clone();
+                let incoming = self
+                    .post(call, uri, serde_json::to_vec(&body).unwrap_or_default(), cohere_error)
+                    .await
+                    .map_err(cohere_status)?;
+                let answer = read_all(incoming).await?;
+                let openai = cohere::cohere_embeddings_to_openai(&answer, &call.body.model, &request)
+                    .map_err(|e| translate_failure(&e))?;
+                Ok(Reply::Json(Bytes::from(openai.to_string())))
+            }
             other => Err(UpstreamError::Untranslatable(format!(
-                "embeddings through provider `{}` are not supported yet",
+                "embeddings through provider `{}` are not supported",
                 other.as_str()
             ))),
         }
@@ -227,11 +271,7 @@ impl Upstreams {
         let uri = parse_uri(&format!("{}/v1beta/models/{}:{method}", endpoint.base_url, call.target.model))
             .map_err(UpstreamError::Misconfigured)?;
         let body = serde_json::to_vec(&body).unwrap_or_default();
-        let error_body = |status, body: Bytes| {
-            let delay = gemini::retry_delay(&body);
-            (Bytes::from(gemini::to_openai_error(status, &body).to_string()), delay)
-        };
-        let incoming = self.post(call, Some(uri), body, error_body).await?;
+        let incoming = self.post(call, Some(uri), body, gemini_error).await?;
         let alias = &call.body.model;
         translated_reply(
             call,
@@ -252,13 +292,45 @@ impl Upstreams {
         translated_reply(
             call,
             incoming,
-            || Box::<mistral::StreamFixer>::default(),
+            || Box::new(ChunkFixer::new("mistral", mistral::fix_chunk)),
             |answer| {
                 let mut answer: serde_json::Value = serde_json::from_slice(answer)
                     .map_err(|e| TranslateError::InvalidResponse(format!("mistral's answer is not valid JSON: {e}")))?;
                 mistral::fix_finish_reasons(&mut answer)?;
                 Ok(answer)
             },
+        )
+        .await
+    }
+
+    /// Azure OpenAI: the client's body (the deployment as `model`) on Azure's
+    /// URL; streams lose Azure's filter-only chunks (see [`crate::translate::azure`]).
+    async fn send_azure(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
+        let uri = azure_uri(call, "chat/completions")?;
+        let body = call.body.to_upstream_json(&call.target.model, false);
+        let incoming = self.post(call, uri, body, azure_error).await?;
+        if call.stream {
+            Ok(Reply::Stream(Events::translated(incoming, Box::new(ChunkFixer::new("azure-openai", azure::fix_chunk)))))
+        } else {
+            Ok(Reply::Json(read_all(incoming).await?))
+        }
+    }
+
+    /// Cohere v2 chat, translated both ways (see [`crate::translate::cohere`]).
+    async fn send_cohere(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
+        let mut body = cohere::chat_to_cohere(call.body.as_map(), &call.target.model)
+            .map_err(|error| translate_failure(&error))?;
+        if call.stream {
+            body["stream"] = serde_json::Value::Bool(true);
+        }
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        let incoming = self.post(call, None, body, cohere_error).await.map_err(cohere_status)?;
+        let alias = &call.body.model;
+        translated_reply(
+            call,
+            incoming,
+            || Box::new(cohere::CohereStreamTranslator::new(alias, true)),
+            |answer| cohere::cohere_to_chat(answer, alias),
         )
         .await
     }
@@ -327,6 +399,44 @@ async fn translated_reply(
     let answer = read_all(incoming).await?;
     let chat = to_chat(&answer).map_err(|error| translate_failure(&error))?;
     Ok(Reply::Json(Bytes::from(chat.to_string())))
+}
+
+/// Gemini's error answer in OpenAI's shape, and the `RetryInfo` delay.
+fn gemini_error(status: u16, body: Bytes) -> (Bytes, Option<Duration>) {
+    let delay = gemini::retry_delay(&body);
+    (Bytes::from(gemini::to_openai_error(status, &body).to_string()), delay)
+}
+
+fn azure_error(status: u16, body: Bytes) -> (Bytes, Option<Duration>) {
+    (Bytes::from(azure::to_openai_error(status, &body).to_string()), None)
+}
+
+fn cohere_error(status: u16, body: Bytes) -> (Bytes, Option<Duration>) {
+    (Bytes::from(cohere::to_openai_error(status, &body).to_string()), None)
+}
+
+/// Cohere's 498 (invalid token) is an authentication failure: reported as
+/// 401 so that the client and the retry policy read it as one.
+fn cohere_status(error: UpstreamError) -> UpstreamError {
+    match error {
+        UpstreamError::Status { status: 498, body, retry_after, should_retry } => {
+            UpstreamError::Status { status: 401, body, retry_after, should_retry }
+        }
+        other => other,
+    }
+}
+
+/// The URL of Azure operation `operation` (`chat/completions`,
+/// `embeddings`): the v1 URL prepared with the endpoint, or, with an
+/// `api-version`, the target's deployment URL.
+fn azure_uri(call: &Call<'_>, operation: &str) -> Result<Option<http::Uri>, UpstreamError> {
+    let endpoint = endpoint(call)?;
+    let Some(version) = &call.provider.api_version else {
+        return Ok(if operation == "embeddings" { endpoint.embeddings_uri.clone() } else { endpoint.chat_uri.clone() });
+    };
+    let url =
+        format!("{}/openai/deployments/{}/{operation}?api-version={version}", endpoint.base_url, call.target.model);
+    parse_uri(&url).map(Some).map_err(UpstreamError::Misconfigured)
 }
 
 /// The provider's prepared endpoint, or why it cannot be called.
@@ -452,11 +562,22 @@ impl ChunkTranslator for gemini::GeminiStreamTranslator {
     }
 }
 
-impl ChunkTranslator for mistral::StreamFixer {
+impl ChunkTranslator for ChunkFixer {
     fn event(&mut self, event: &sse::Event) -> Result<Vec<String>, TranslateError> {
         self.on_data(&event.data)
     }
 
+    fn end(&mut self) -> Option<Vec<String>> {
+        self.is_done().then(Vec::new)
+    }
+}
+
+impl ChunkTranslator for cohere::CohereStreamTranslator {
+    fn event(&mut self, event: &sse::Event) -> Result<Vec<String>, TranslateError> {
+        self.on_event(&event.event, &event.data)
+    }
+
+    /// Cohere closes an answer with `message-end` (translated to `[DONE]`).
     fn end(&mut self) -> Option<Vec<String>> {
         self.is_done().then(Vec::new)
     }

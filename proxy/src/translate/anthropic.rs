@@ -136,9 +136,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::openai_request::{
-    Fields, ToolCall, content_parts, content_type_error, parse_data_url, part_text, stop_sequences, tool_call,
+    Fields, ResponseFormat, ToolCall, content_parts, content_type_error, parse_data_url, part_text, response_format,
+    stop_sequences, tool_call,
 };
-use super::{CompactJson, ErrorKind, TokenUsage, TranslateError, unix_now};
+use super::{CompactJson, ErrorKind, TokenUsage, TranslateError, body_message, unix_now};
 
 /// The `max_tokens` sent when the client sets neither `max_completion_tokens`
 /// nor `max_tokens` and the target configures nothing else (see the module
@@ -764,30 +765,6 @@ fn tool_choice(choice: &Value) -> Result<Value, TranslateError> {
     }
 }
 
-enum ResponseFormat {
-    Text,
-    JsonObject,
-    JsonSchema(Value),
-}
-
-fn response_format(format: &Value) -> Result<ResponseFormat, TranslateError> {
-    match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(ResponseFormat::Text),
-        Some("json_object") => Ok(ResponseFormat::JsonObject),
-        Some("json_schema") => match format.get("json_schema").and_then(|s| s.get("schema")) {
-            Some(schema @ Value::Object(_)) => Ok(ResponseFormat::JsonSchema(schema.clone())),
-            _ => Err(TranslateError::invalid(
-                "response_format.json_schema.schema",
-                "`response_format.json_schema.schema` must be a JSON Schema object",
-            )),
-        },
-        _ => Err(TranslateError::invalid(
-            "response_format.type",
-            "`response_format.type` must be text, json_object or json_schema",
-        )),
-    }
-}
-
 // === response ===
 
 /// An Anthropic message (non-streaming answer), reading only what the
@@ -1316,17 +1293,7 @@ pub fn to_openai_error(status: u16, body: &[u8]) -> Value {
     let kind = classify_error(status, body);
     let (error_type, message) = match error_parts(body) {
         Some((error_type, message)) if !message.is_empty() => (Some(error_type), message),
-        parts => {
-            let text = String::from_utf8_lossy(body);
-            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-            let snippet: String = text.chars().take(200).collect();
-            let message = if snippet.is_empty() {
-                format!("anthropic answered HTTP {status}")
-            } else {
-                format!("anthropic answered HTTP {status}: {snippet}")
-            };
-            (parts.map(|(t, _)| t), message)
-        }
+        parts => (parts.map(|(t, _)| t), body_message("anthropic", status, body)),
     };
     let code =
         kind.openai_code().map(str::to_owned).or(error_type.filter(|t| !t.is_empty() && t != kind.openai_type()));

@@ -100,10 +100,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::embeddings::{self, EmbeddingsRequest};
 use super::openai_request::{
-    Fields, ToolCall, content_parts, content_type_error, parse_data_url, part_text, stop_sequences, tool_call,
+    Fields, MessageRole, ResponseFormat, ToolCall, chat_message, content_parts, content_type_error, parse_data_url,
+    part_text, response_format, stop_sequences, tool_call,
 };
-use super::{CompactJson, ErrorKind, TokenUsage, TranslateError, unix_now};
+use super::{CompactJson, ErrorKind, TokenUsage, TranslateError, body_message, kind_of_status, unix_now};
 
 /// The `thoughtSignature` Gemini documents for replayed function calls
 /// whose real signature is unknown.
@@ -191,40 +193,16 @@ pub fn chat_to_gemini(body: &Map<String, Value>, defaults: &GeminiDefaults) -> R
     let mut call_names: Vec<(String, String)> = Vec::new();
     for (i, message) in messages.iter().enumerate() {
         let path = format!("messages[{i}]");
-        let Some(message) = message.as_object() else {
-            return Err(TranslateError::invalid(
-                &path,
-                format!("`{path}` must be an object with a `role` and a `content`"),
-            ));
-        };
-        let role = message.get("role").and_then(Value::as_str).ok_or_else(|| {
-            TranslateError::invalid(
-                format!("{path}.role"),
-                format!("`{path}.role` is required: use system, developer, user, assistant or tool"),
-            )
-        })?;
+        let (message, role) = chat_message(message, &path, "gemini")?;
         match role {
-            "system" | "developer" => system.extend(text_parts(message.get("content"), &path, "system")?),
-            "user" => push_turn(&mut turns, Role::User, user_parts(message.get("content"), &path)?),
-            "assistant" => {
+            MessageRole::System => system.extend(text_parts(message.get("content"), &path, "system")?),
+            MessageRole::User => push_turn(&mut turns, Role::User, user_parts(message.get("content"), &path)?),
+            MessageRole::Assistant => {
                 let parts = assistant_parts(message, &path, defaults, &mut call_names)?;
                 push_turn(&mut turns, Role::Model, parts);
             }
-            "tool" => push_turn(&mut turns, Role::User, vec![function_response(message, &path, &call_names)?]),
-            "function" => {
-                return Err(TranslateError::unsupported(
-                    format!("{path}.role"),
-                    format!(
-                        "`{path}.role` is the deprecated `function` role, which gemini cannot replay: \
-                         send tool results as `tool` messages with a `tool_call_id`"
-                    ),
-                ));
-            }
-            other => {
-                return Err(TranslateError::invalid(
-                    format!("{path}.role"),
-                    format!("`{path}.role` is `{other}`: use system, developer, user, assistant or tool"),
-                ));
+            MessageRole::Tool => {
+                push_turn(&mut turns, Role::User, vec![function_response(message, &path, &call_names)?]);
             }
         }
     }
@@ -327,28 +305,14 @@ fn generation_config(fields: &Fields<'_>, defaults: &GeminiDefaults) -> Result<M
         }
     }
     if let Some(format) = fields.get("response_format") {
-        match format.get("type").and_then(Value::as_str) {
-            Some("text") => {}
-            Some("json_object") => {
+        match response_format(format)? {
+            ResponseFormat::Text => {}
+            ResponseFormat::JsonObject => {
                 config.insert("responseMimeType".into(), json!("application/json"));
             }
-            Some("json_schema") => match format.get("json_schema").and_then(|s| s.get("schema")) {
-                Some(schema @ Value::Object(_)) => {
-                    config.insert("responseMimeType".into(), json!("application/json"));
-                    config.insert("responseJsonSchema".into(), schema.clone());
-                }
-                _ => {
-                    return Err(TranslateError::invalid(
-                        "response_format.json_schema.schema",
-                        "`response_format.json_schema.schema` must be a JSON Schema object",
-                    ));
-                }
-            },
-            _ => {
-                return Err(TranslateError::invalid(
-                    "response_format.type",
-                    "`response_format.type` must be text, json_object or json_schema",
-                ));
+            ResponseFormat::JsonSchema(schema) => {
+                config.insert("responseMimeType".into(), json!("application/json"));
+                config.insert("responseJsonSchema".into(), schema);
             }
         }
     }
@@ -1171,20 +1135,6 @@ fn is_daily_quota(details: &[Value]) -> bool {
         })
 }
 
-fn kind_of_status(status: u16) -> ErrorKind {
-    match status {
-        400 | 413 | 422 => ErrorKind::InvalidRequest,
-        401 => ErrorKind::Authentication,
-        402 => ErrorKind::Billing,
-        403 => ErrorKind::Permission,
-        404 => ErrorKind::NotFound,
-        429 => ErrorKind::RateLimited,
-        503 => ErrorKind::Overloaded,
-        408 | 409 | 500..=599 => ErrorKind::Server,
-        _ => ErrorKind::Other,
-    }
-}
-
 /// [`TranslateError::Upstream`] for a Gemini error object inside a 200 answer or stream.
 fn upstream_error(error: &Value) -> TranslateError {
     let code = error.get("code").and_then(Value::as_u64).and_then(|c| u16::try_from(c).ok()).unwrap_or(500);
@@ -1226,16 +1176,7 @@ pub fn to_openai_error(status: u16, body: &[u8]) -> Value {
     let gemini_status = error.as_ref().and_then(|e| e.get("status")).and_then(Value::as_str).filter(|s| !s.is_empty());
     let message = match error.as_ref().and_then(|e| e.get("message")).and_then(Value::as_str) {
         Some(message) if !message.is_empty() => message.to_owned(),
-        _ => {
-            let text = String::from_utf8_lossy(body);
-            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-            let snippet: String = text.chars().take(200).collect();
-            if snippet.is_empty() {
-                format!("gemini answered HTTP {status}")
-            } else {
-                format!("gemini answered HTTP {status}: {snippet}")
-            }
-        }
+        _ => body_message("gemini", status, body),
     };
     let code = kind.openai_code().or(gemini_status);
     json!({"error": {"message": message, "type": kind.openai_type(), "param": null, "code": code}})
@@ -1256,12 +1197,91 @@ pub fn retry_delay(body: &[u8]) -> Option<Duration> {
         .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
 }
 
+// === embeddings ===
+
+/// The Gemini method and body for an OpenAI embeddings request to `model`:
+/// `embedContent` with one `content` for a single string, `batchEmbedContents`
+/// with one request per text (each naming `models/{model}`) for an array;
+/// `dimensions` → `outputDimensionality`.
+pub fn embeddings_to_gemini(request: &EmbeddingsRequest<'_>, model: &str) -> (&'static str, Value) {
+    let one = |text: &str, with_model: bool| {
+        let mut item = Map::new();
+        if with_model {
+            item.insert("model".into(), json!(format!("models/{model}")));
+        }
+        item.insert("content".into(), json!({"parts": [{"text": text}]}));
+        if let Some(dimensions) = request.dimensions {
+            item.insert("outputDimensionality".into(), json!(dimensions));
+        }
+        Value::Object(item)
+    };
+    match request.texts.as_slice() {
+        [text] if request.single => ("embedContent", one(text, false)),
+        texts => ("batchEmbedContents", json!({"requests": texts.iter().map(|t| one(t, true)).collect::<Vec<_>>()})),
+    }
+}
+
+/// OpenAI's embeddings answer for Gemini's `embedContent`
+/// (`{"embedding":{"values":[...]}}`) or `batchEmbedContents`
+/// (`{"embeddings":[{"values":[...]}]}`) answer. Gemini reports no token
+/// counts for embeddings: `usage` is 0 unless the answer has
+/// `usageMetadata.promptTokenCount`. An answer with another number of
+/// vectors than texts is [`TranslateError::InvalidResponse`].
+pub fn gemini_embeddings_to_openai(
+    answer: &[u8],
+    model: &str,
+    request: &EmbeddingsRequest<'_>,
+) -> Result<Value, TranslateError> {
+    let answer: Value = serde_json::from_slice(answer)
+        .map_err(|e| TranslateError::InvalidResponse(format!("gemini's embeddings answer is not JSON: {e}")))?;
+    let items: Vec<Value> = match (answer.get("embedding"), answer.get("embeddings")) {
+        (Some(one), _) => vec![one.get("values").cloned().unwrap_or(Value::Null)],
+        (None, Some(Value::Array(many))) => {
+            many.iter().map(|e| e.get("values").cloned().unwrap_or(Value::Null)).collect()
+        }
+        _ => return Err(TranslateError::InvalidResponse("gemini's embeddings answer has no `embedding(s)`".into())),
+    };
+    let tokens = answer.pointer("/usageMetadata/promptTokenCount").and_then(Value::as_u64).unwrap_or(0);
+    embeddings::answer("gemini", &items, request, model, tokens)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sse;
 
     const CREATED: u64 = 1_764_460_800;
+
+    #[test]
+    fn embeddings_use_embed_content_for_one_text_and_batch_for_many() {
+        let single = json!({"model": "e", "input": "hello", "dimensions": 3});
+        let request = embeddings::read(single.as_object().unwrap(), "gemini").unwrap();
+        let (method, body) = embeddings_to_gemini(&request, "gemini-embedding-001");
+        assert_eq!(method, "embedContent");
+        assert_eq!(body, json!({"content": {"parts": [{"text": "hello"}]}, "outputDimensionality": 3}));
+        let answer = gemini_embeddings_to_openai(br#"{"embedding":{"values":[0.5,-0.25,0.125]}}"#, "e", &request);
+        assert_eq!(
+            answer.unwrap()["data"],
+            json!([{"object": "embedding", "index": 0, "embedding": [0.5, -0.25, 0.125]}])
+        );
+
+        let many = json!({"model": "e", "input": ["a", "b"]});
+        let request = embeddings::read(many.as_object().unwrap(), "gemini").unwrap();
+        let (method, body) = embeddings_to_gemini(&request, "gemini-embedding-001");
+        assert_eq!(method, "batchEmbedContents");
+        assert_eq!(
+            body,
+            json!({"requests": [
+                {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "a"}]}},
+                {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "b"}]}}]})
+        );
+        let answer = br#"{"embeddings":[{"values":[1.0]},{"values":[2.0]}]}"#;
+        let answer = gemini_embeddings_to_openai(answer, "e", &request).unwrap();
+        assert_eq!(answer["data"][1]["embedding"], json!([2.0]));
+        assert_eq!(answer["usage"]["prompt_tokens"], 0);
+        let short = gemini_embeddings_to_openai(br#"{"embeddings":[{"values":[1.0]}]}"#, "e", &request);
+        assert!(matches!(short, Err(TranslateError::InvalidResponse(_))), "{short:?}");
+    }
 
     fn request(body: Value) -> Result<Value, TranslateError> {
         request_with(body, &GeminiDefaults::default())

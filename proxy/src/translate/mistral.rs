@@ -123,33 +123,9 @@ pub fn fix_finish_reasons(answer: &mut Value) -> Result<(), TranslateError> {
     Ok(())
 }
 
-/// Mistral's stream, checked chunk by chunk (see [`fix_finish_reasons`]).
-#[derive(Debug, Default)]
-pub struct StreamFixer {
-    done: bool,
-}
-
-impl StreamFixer {
-    /// The chunk payloads to pass on for one `data:` payload.
-    pub fn on_data(&mut self, data: &str) -> Result<Vec<String>, TranslateError> {
-        if data == "[DONE]" {
-            self.done = true;
-            return Ok(vec![data.to_owned()]);
-        }
-        let mut chunk: Value = serde_json::from_str(data)
-            .map_err(|e| TranslateError::InvalidResponse(format!("mistral stream data is not valid JSON: {e}")))?;
-        if chunk.get("error").is_some() {
-            // An OpenAI-style error object: the chat handler reports it.
-            return Ok(vec![data.to_owned()]);
-        }
-        fix_finish_reasons(&mut chunk)?;
-        Ok(vec![chunk.to_string()])
-    }
-
-    /// True once `[DONE]` arrived.
-    pub fn is_done(&self) -> bool {
-        self.done
-    }
+/// [`fix_finish_reasons`] as a [`ChunkFixer`](super::ChunkFixer) fix: every chunk is sent.
+pub fn fix_chunk(chunk: &mut Value) -> Result<bool, TranslateError> {
+    fix_finish_reasons(chunk).map(|()| true)
 }
 
 /// A Mistral error body in OpenAI's error shape, keeping Mistral's message.

@@ -14,6 +14,10 @@
 //!   responses, streams and errors.
 //! - [`gemini`]: Gemini `generateContent` / `streamGenerateContent`, the same.
 //! - [`mistral`]: Mistral's OpenAI-shaped API with its own fields and rules.
+//! - [`azure`]: Azure OpenAI's stream quirks and error shapes.
+//! - [`cohere`]: Cohere v2 chat (`POST /v2/chat`) and embed (`POST /v2/embed`).
+//! - Gemini and Cohere embeddings share [`embeddings`]: the OpenAI
+//!   embeddings request read once, and the OpenAI answer built from vectors.
 //!
 //! And one inbound API: [`anthropic_inbound`] serves Anthropic Messages
 //! clients (`POST /v1/messages` on the proxy) through the OpenAI chat path.
@@ -24,6 +28,9 @@
 
 pub mod anthropic;
 pub mod anthropic_inbound;
+pub mod azure;
+pub mod cohere;
+pub mod embeddings;
 pub mod gemini;
 pub mod mistral;
 mod openai_request;
@@ -247,6 +254,79 @@ impl TokenUsage {
             object.insert("completion_tokens_details".into(), json!({"reasoning_tokens": reasoning}));
         }
         usage
+    }
+}
+
+/// The class of an error answer by its HTTP status alone, for bodies
+/// without a provider's shape: 400/413/422 invalid request, 401, 402
+/// billing, 403, 404, 429, 503 overloaded, 408/409/other 5xx server,
+/// anything else other.
+pub(crate) fn kind_of_status(status: u16) -> ErrorKind {
+    match status {
+        400 | 413 | 422 => ErrorKind::InvalidRequest,
+        401 => ErrorKind::Authentication,
+        402 => ErrorKind::Billing,
+        403 => ErrorKind::Permission,
+        404 => ErrorKind::NotFound,
+        429 => ErrorKind::RateLimited,
+        503 => ErrorKind::Overloaded,
+        408 | 409 | 500..=599 => ErrorKind::Server,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// The message for an error body without the provider's shape:
+/// `<provider> answered HTTP <status>` and the start of the body, whitespace
+/// collapsed.
+pub(crate) fn body_message(provider: &str, status: u16, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let snippet: String = text.chars().take(200).collect();
+    if snippet.is_empty() {
+        format!("{provider} answered HTTP {status}")
+    } else {
+        format!("{provider} answered HTTP {status}: {snippet}")
+    }
+}
+
+/// An OpenAI-shaped stream that needs fixing chunk by chunk (Mistral's
+/// finish reasons, Azure's filter-only chunks).
+///
+/// `[DONE]` and OpenAI-style error objects pass through; every other chunk
+/// goes through the fix function, which rewrites it in place and says
+/// whether to send it at all.
+#[derive(Debug)]
+pub struct ChunkFixer {
+    provider: &'static str,
+    fix: fn(&mut Value) -> Result<bool, TranslateError>,
+    done: bool,
+}
+
+impl ChunkFixer {
+    /// A fixer for `provider`'s stream (the name is used in messages).
+    pub fn new(provider: &'static str, fix: fn(&mut Value) -> Result<bool, TranslateError>) -> Self {
+        Self { provider, fix, done: false }
+    }
+
+    /// The chunk payloads to pass on for one `data:` payload.
+    pub fn on_data(&mut self, data: &str) -> Result<Vec<String>, TranslateError> {
+        if data == "[DONE]" {
+            self.done = true;
+            return Ok(vec![data.to_owned()]);
+        }
+        let mut chunk: Value = serde_json::from_str(data).map_err(|e| {
+            TranslateError::InvalidResponse(format!("{} stream data is not valid JSON: {e}", self.provider))
+        })?;
+        if chunk.get("error").is_some() {
+            // An OpenAI-style error object: the chat handler reports it.
+            return Ok(vec![data.to_owned()]);
+        }
+        Ok(if (self.fix)(&mut chunk)? { vec![chunk.to_string()] } else { Vec::new() })
+    }
+
+    /// True once `[DONE]` arrived.
+    pub fn is_done(&self) -> bool {
+        self.done
     }
 }
 

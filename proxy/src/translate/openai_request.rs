@@ -20,6 +20,83 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// The role of a chat message, as the translators tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MessageRole {
+    /// `system` or `developer`.
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+/// `message` (at `path`) as an object with a role `provider` can replay:
+/// not an object or no `role` is InvalidRequest, the deprecated `function`
+/// role is Unsupported, an unknown role InvalidRequest.
+pub(super) fn chat_message<'a>(
+    message: &'a Value,
+    path: &str,
+    provider: &str,
+) -> Result<(&'a Map<String, Value>, MessageRole), TranslateError> {
+    let Some(message) = message.as_object() else {
+        return Err(TranslateError::invalid(path, format!("`{path}` must be an object with a `role` and a `content`")));
+    };
+    let role = match message.get("role").and_then(Value::as_str) {
+        Some("system" | "developer") => MessageRole::System,
+        Some("user") => MessageRole::User,
+        Some("assistant") => MessageRole::Assistant,
+        Some("tool") => MessageRole::Tool,
+        Some("function") => {
+            return Err(TranslateError::unsupported(
+                format!("{path}.role"),
+                format!(
+                    "`{path}.role` is the deprecated `function` role, which {provider} cannot replay: \
+                     send tool results as `tool` messages with a `tool_call_id`"
+                ),
+            ));
+        }
+        Some(other) => {
+            return Err(TranslateError::invalid(
+                format!("{path}.role"),
+                format!("`{path}.role` is `{other}`: use system, developer, user, assistant or tool"),
+            ));
+        }
+        None => {
+            return Err(TranslateError::invalid(
+                format!("{path}.role"),
+                format!("`{path}.role` is required: use system, developer, user, assistant or tool"),
+            ));
+        }
+    };
+    Ok((message, role))
+}
+
+/// What `response_format` asks for (`json_schema` with its schema).
+pub(super) enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema(Value),
+}
+
+/// Reads `response_format`; a missing schema or an unknown type is InvalidRequest.
+pub(super) fn response_format(format: &Value) -> Result<ResponseFormat, TranslateError> {
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(ResponseFormat::Text),
+        Some("json_object") => Ok(ResponseFormat::JsonObject),
+        Some("json_schema") => match format.get("json_schema").and_then(|s| s.get("schema")) {
+            Some(schema @ Value::Object(_)) => Ok(ResponseFormat::JsonSchema(schema.clone())),
+            _ => Err(TranslateError::invalid(
+                "response_format.json_schema.schema",
+                "`response_format.json_schema.schema` must be a JSON Schema object",
+            )),
+        },
+        _ => Err(TranslateError::invalid(
+            "response_format.type",
+            "`response_format.type` must be text, json_object or json_schema",
+        )),
+    }
+}
+
 /// One content part: its path, its object and its `type`.
 pub(super) type Part<'a> = (String, &'a Map<String, Value>, &'a str);
 
