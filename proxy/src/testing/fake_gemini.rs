@@ -8,6 +8,8 @@
 //!   full `GenerateContentResponse` per event (`data: <json>\r\n\r\n`, no `event:` lines), that
 //!   ends at EOF with no `[DONE]`. Without `alt=sse` the same method answers one JSON array of
 //!   those responses (`application/json`). See `docs/provider-protocols.md` §4, §8 and §11.
+//! - `POST /v1beta/models/{model}:embedContent` and `:batchEmbedContents`: deterministic
+//!   embeddings (see `embed`).
 //! - anything else: a Gemini-shaped 404 `NOT_FOUND`.
 //!
 //! The model comes from the path, not the body ([`model_of`] reads it back from a recorded
@@ -414,6 +416,10 @@ enum GenerateMethod {
     Json,
     /// `:streamGenerateContent`
     Stream,
+    /// `:embedContent`
+    Embed,
+    /// `:batchEmbedContents`
+    BatchEmbed,
 }
 
 /// The model and method of a generate request.
@@ -425,6 +431,8 @@ fn route<'a>(method: &Method, path: &'a str) -> Option<(&'a str, GenerateMethod)
     match path.rsplit_once(':').map(|(_, method)| method) {
         Some("generateContent") => Some((model, GenerateMethod::Json)),
         Some("streamGenerateContent") => Some((model, GenerateMethod::Stream)),
+        Some("embedContent") => Some((model, GenerateMethod::Embed)),
+        Some("batchEmbedContents") => Some((model, GenerateMethod::BatchEmbed)),
         _ => None,
     }
 }
@@ -442,18 +450,56 @@ async fn handle(ctx: Ctx<GeminiBehaviour>, parts: Parts, json: Result<Value, ser
     if let Err(err) = check_key(ctx.shared.api_key(), &parts) {
         return err.reply(ctx);
     }
+    // `Some(sse)` for the streaming method.
+    let stream = match method {
+        GenerateMethod::Embed | GenerateMethod::BatchEmbed => {
+            return embed(ctx, &model, method == GenerateMethod::BatchEmbed, json.ok()).await;
+        }
+        GenerateMethod::Json => None,
+        GenerateMethod::Stream => Some(query_param(parts.uri.query(), "alt") == Some("sse")),
+    };
     let request = match GenerateRequest::parse(model, json) {
         Ok(request) => request,
         Err(err) => return err.reply(ctx),
     };
     let behaviour = ctx.shared.next_behaviour(&request.model);
-    match method {
-        GenerateMethod::Json => generate_json(ctx, request, behaviour).await,
-        GenerateMethod::Stream if query_param(parts.uri.query(), "alt") == Some("sse") => {
-            generate_stream(ctx, request, behaviour).await
-        }
-        GenerateMethod::Stream => generate_array(ctx, request, behaviour).await,
+    match stream {
+        None => generate_json(ctx, request, behaviour).await,
+        Some(true) => generate_stream(ctx, request, behaviour).await,
+        Some(false) => generate_array(ctx, request, behaviour).await,
     }
+}
+
+/// `embedContent` (`{"content":{"parts":[{"text"}]}}` → `{"embedding":{"values"}}`) and
+/// `batchEmbedContents` (`{"requests":[{"model":"models/{model}","content":…}]}` →
+/// `{"embeddings":[{"values"}]}`): deterministic unit vectors of `outputDimensionality`
+/// (default 3072) values. A batch request naming another model gets a 400.
+async fn embed(ctx: Ctx<GeminiBehaviour>, model: &str, batch: bool, json: Option<Value>) -> Response<FakeBody> {
+    let text_of = |item: &Value| -> Option<String> {
+        let parts = item.pointer("/content/parts")?.as_array()?;
+        Some(parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect())
+    };
+    let items: Vec<Value> = match (&json, batch) {
+        (Some(body), false) => vec![body.clone()],
+        (Some(body), true) => body.get("requests").and_then(Value::as_array).cloned().unwrap_or_default(),
+        (None, _) => Vec::new(),
+    };
+    let wanted = format!("models/{model}");
+    if items.is_empty() || (batch && items.iter().any(|i| i.get("model").and_then(Value::as_str) != Some(&wanted))) {
+        return ApiError::invalid_argument("* BatchEmbedContentsRequest.requests: invalid model or content").reply(ctx);
+    }
+    let mut vectors = Vec::new();
+    for item in &items {
+        let Some(text) = text_of(item).filter(|t| !t.is_empty()) else {
+            return ApiError::invalid_argument("* EmbedContentRequest.content: contains an empty Part.").reply(ctx);
+        };
+        let dimensions =
+            item.get("outputDimensionality").and_then(Value::as_u64).map_or(3072, |d| d.clamp(1, 3072) as usize);
+        let input = super::fake_openai::EmbeddingInput::Text(&text);
+        vectors.push(json!({"values": super::fake_openai::embedding_vector(model, &input, dimensions)}));
+    }
+    let body = if batch { json!({"embeddings": vectors}) } else { json!({"embedding": vectors[0]}) };
+    ctx.json_reply(StatusCode::OK, Bytes::from(body.to_string()))
 }
 
 /// Checks the key in `x-goog-api-key` (or else `?key=`) against `expected`, if one is required.

@@ -559,7 +559,7 @@ impl ChatRequest {
     }
 }
 
-fn message_words(message: &Value) -> u64 {
+pub(super) fn message_words(message: &Value) -> u64 {
     message_texts(message).map(words).sum()
 }
 
@@ -594,7 +594,7 @@ fn default_text(model: &str, name: Option<&str>) -> String {
 }
 
 /// The answer's content chunks after `max_tokens`, and the matching finish reason.
-fn answer(text: &str, max_tokens: Option<usize>) -> (Vec<&str>, &'static str) {
+pub(super) fn answer(text: &str, max_tokens: Option<usize>) -> (Vec<&str>, &'static str) {
     let mut chunks = word_chunks(text);
     match max_tokens {
         Some(max) if chunks.len() > max => {
@@ -660,21 +660,45 @@ fn completion_json(model: &str, message: Message<'_>, finish_reason: &str, usage
 /// or picks the reply.
 /// [`Behaviour::Text`] is treated as [`Behaviour::Ok`] here; chat handles it before.
 async fn non_stream_prelude(behaviour: Behaviour) -> Prelude {
+    match prelude(&behaviour, || Behaviour::status(500)).await {
+        None => Prelude::Answer,
+        Some(reply) => Prelude::Reply(reply),
+    }
+}
+
+/// What `behaviour` means for a non-streaming request to any fake that shares [`Behaviour`]:
+/// `None` to answer normally (after any wait it asks for), else the reply to send instead.
+/// [`Behaviour::ErrorEventAfter`] answers with `server_error()`'s status (it must be a
+/// [`Behaviour::Status`]); [`Behaviour::Endless`] never answers.
+pub(super) async fn prelude(behaviour: &Behaviour, server_error: impl FnOnce() -> Behaviour) -> Option<Reply> {
+    let status = |behaviour: Behaviour| match behaviour {
+        Behaviour::Status { status, body, headers } => Some(Reply::Status { status, body, headers }),
+        _ => None,
+    };
     match behaviour {
-        Behaviour::Ok | Behaviour::Text(_) => Prelude::Answer,
-        Behaviour::Status { status, body, headers } => Prelude::Reply(Reply::Status { status, body, headers }),
+        Behaviour::Ok | Behaviour::Text(_) => None,
+        Behaviour::Status { .. } => status(behaviour.clone()),
         Behaviour::SlowHeaders(delay)
         | Behaviour::SlowFirstChunk(delay)
         | Behaviour::StallAfter { stall: delay, .. } => {
-            tokio::time::sleep(delay).await;
-            Prelude::Answer
+            tokio::time::sleep(*delay).await;
+            None
         }
-        Behaviour::BreakAfter { .. } => Prelude::Reply(Reply::Broken),
-        Behaviour::ErrorEventAfter { .. } => {
-            let (body, headers) = openai_error(500);
-            Prelude::Reply(Reply::Status { status: 500, body, headers })
-        }
+        Behaviour::BreakAfter { .. } => Some(Reply::Broken),
+        Behaviour::ErrorEventAfter { .. } => status(server_error()),
         Behaviour::Endless => std::future::pending().await,
+    }
+}
+
+/// Where a stream under `behaviour` leaves its normal course (see [`push_events`]);
+/// `error_event` renders the provider's in-stream error for [`Behaviour::ErrorEventAfter`].
+pub(super) fn stream_cut(behaviour: &Behaviour, error_event: impl FnOnce() -> Bytes) -> Option<(usize, Cut)> {
+    match behaviour {
+        Behaviour::SlowFirstChunk(delay) => Some((0, Cut::Pause(*delay))),
+        Behaviour::StallAfter { chunks: n, stall } => Some((*n, Cut::Pause(*stall))),
+        Behaviour::BreakAfter { chunks: n } => Some((*n, Cut::Break)),
+        Behaviour::ErrorEventAfter { chunks: n } => Some((*n, Cut::ErrorEvent(error_event()))),
+        _ => None,
     }
 }
 
@@ -734,16 +758,10 @@ fn stream_steps(
 ) -> VecDeque<Step> {
     let mut steps = VecDeque::with_capacity(events.len() + 6);
     steps.push_back(Step::Data(writer.role_chunk(finish_reason == "tool_calls")));
-    let cut = match behaviour {
-        Behaviour::SlowFirstChunk(delay) => Some((0, Cut::Pause(*delay))),
-        Behaviour::StallAfter { chunks: n, stall } => Some((*n, Cut::Pause(*stall))),
-        Behaviour::BreakAfter { chunks: n } => Some((*n, Cut::Break)),
-        Behaviour::ErrorEventAfter { chunks: n } => {
-            let error = ErrorObject { message: SERVER_ERROR_MESSAGE, kind: "server_error", param: None, code: None };
-            Some((*n, Cut::ErrorEvent(Bytes::from(sse_event(&ErrorEnvelope { error })))))
-        }
-        _ => None,
-    };
+    let cut = stream_cut(behaviour, || {
+        let error = ErrorObject { message: SERVER_ERROR_MESSAGE, kind: "server_error", param: None, code: None };
+        Bytes::from(sse_event(&ErrorEnvelope { error }))
+    });
     let content = events.into_iter().map(|event| (event, true)).collect();
     if push_events(&mut steps, content, cut) {
         steps.push_back(Step::Data(writer.finish_chunk(finish_reason)));
@@ -822,7 +840,7 @@ impl ChunkWriter {
 
 // === embeddings ===
 
-enum EmbeddingInput<'a> {
+pub(super) enum EmbeddingInput<'a> {
     Text(&'a str),
     Tokens(Vec<i64>),
 }
@@ -922,7 +940,7 @@ async fn embeddings(ctx: Ctx<Behaviour>, json: Option<Value>) -> Response<FakeBo
 }
 
 /// A unit-length vector that depends only on `model` and the input.
-fn embedding_vector(model: &str, input: &EmbeddingInput<'_>, dimensions: usize) -> Vec<f32> {
+pub(super) fn embedding_vector(model: &str, input: &EmbeddingInput<'_>, dimensions: usize) -> Vec<f32> {
     const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     let fnv =
         |hash: u64, bytes: &[u8]| bytes.iter().fold(hash, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
@@ -949,7 +967,7 @@ fn embedding_vector(model: &str, input: &EmbeddingInput<'_>, dimensions: usize) 
 
 /// Standard base64 (with padding) of the little-endian `f32`s, as OpenAI's `encoding_format:
 /// "base64"` returns them.
-fn base64_f32(vector: &[f32]) -> String {
+pub(super) fn base64_f32(vector: &[f32]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
@@ -1014,7 +1032,7 @@ fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>
     String::from_utf8_lossy(&json).into_owned()
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -1023,7 +1041,7 @@ fn random_alphanumeric(len: usize) -> String {
 }
 
 /// `chatcmpl-` and 29 random alphanumerics, like OpenAI's ids.
-fn completion_id() -> String {
+pub(super) fn completion_id() -> String {
     format!("chatcmpl-{}", random_alphanumeric(29))
 }
 

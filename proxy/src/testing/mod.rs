@@ -11,10 +11,14 @@
 /// The server, state, response body and test helpers both fakes share.
 mod common;
 pub mod fake_anthropic;
+pub mod fake_azure;
+pub mod fake_cohere;
 pub mod fake_gemini;
 pub mod fake_openai;
 pub mod process;
 
 pub use fake_anthropic::{AnthropicBehaviour, FakeAnthropic};
+pub use fake_azure::FakeAzure;
+pub use fake_cohere::FakeCohere;
 pub use fake_gemini::{FakeGemini, GeminiBehaviour};
 pub use fake_openai::{Behaviour, FakeOpenAi, Recorded};
