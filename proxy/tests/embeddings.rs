@@ -6,11 +6,7 @@ mod support;
 
 use proxy::testing::FakeOpenAi;
 use serde_json::{Value, json};
-use support::{Proxy, http_provider, mock_provider};
-
-async fn embed(proxy: &Proxy, body: &Value) -> reqwest::Response {
-    proxy.client.post(format!("{}/v1/embeddings", proxy.base)).json(body).send().await.unwrap()
-}
+use support::{Proxy, embed, http_provider, mock_provider};
 
 #[tokio::test]
 async fn embeddings_go_to_the_upstream_with_the_targets_model_and_come_back_unchanged() {
@@ -61,5 +57,38 @@ async fn a_provider_without_embeddings_is_skipped_for_one_that_has_them() {
     let response = embed(&proxy, &json!({"model": "embed", "input": "hello"})).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-switchyard-target"], "openai");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn gemini_embeds_one_text_with_embed_content_and_many_with_batch_embed_contents() {
+    let fake = proxy::testing::FakeGemini::start().await;
+    fake.require_api_key("AIza-emb");
+    let manifests = support::keyed_provider("google", "gemini", &fake.base_url(), "AIza-emb", "")
+        + &support::route_over("embed", &["{name: gemini, provider: google, model: gemini-embedding-001}"], "");
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let one: Value =
+        embed(&proxy, &json!({"model": "embed", "input": "hello", "dimensions": 8})).await.json().await.unwrap();
+    assert_eq!(one["object"], "list", "{one}");
+    assert_eq!(one["model"], "embed");
+    assert_eq!(one["data"][0]["embedding"].as_array().unwrap().len(), 8);
+    let many = embed(&proxy, &json!({"model": "embed", "input": ["a", "b", "c"], "encoding_format": "base64"})).await;
+    assert_eq!(many.status(), 200);
+    let many: Value = many.json().await.unwrap();
+    assert_eq!(many["data"].as_array().unwrap().len(), 3);
+    // 3072 f32 values, base64: 4 * 3072 bytes → 16384 characters.
+    assert_eq!(many["data"][2]["embedding"].as_str().unwrap().len(), 16_384);
+
+    let requests = fake.requests();
+    assert_eq!(requests[0].path, "/v1beta/models/gemini-embedding-001:embedContent");
+    assert_eq!(requests[0].header("x-goog-api-key"), Some("AIza-emb"));
+    assert_eq!(requests[0].body, json!({"content": {"parts": [{"text": "hello"}]}, "outputDimensionality": 8}));
+    assert_eq!(requests[1].path, "/v1beta/models/gemini-embedding-001:batchEmbedContents");
+    assert_eq!(requests[1].body["requests"][2]["model"], "models/gemini-embedding-001");
+
+    let tokens = embed(&proxy, &json!({"model": "embed", "input": [[1, 2, 3]]})).await;
+    assert_eq!(tokens.status(), 400, "token arrays cannot be sent to gemini");
+    let body: Value = tokens.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("token arrays"), "{body}");
     proxy.stop().await;
 }

@@ -153,3 +153,24 @@ pub fn http_provider(name: &str, base_url: &str, key: Option<&str>) -> String {
     out.push_str("---\n");
     out
 }
+
+/// A ProviderSecret `name` of `provider` at `base_url` whose key `key` is in
+/// its own Secret; `extra` holds more `spec` lines (indented two spaces).
+pub fn keyed_provider(name: &str, provider: &str, base_url: &str, key: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: switchyard.dev/v1alpha1\nkind: ProviderSecret\nmetadata:\n  name: {name}\nspec:\n  provider: {provider}\n  baseUrl: {base_url}\n  apiKey:\n    secretKeyRef: {{name: {name}-key, key: apiKey}}\n{extra}---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-key\nstringData:\n  apiKey: {key}\n---\n"
+    )
+}
+
+/// A ModelRoute `alias` over `targets` (YAML flow mappings), with `extra` spec lines.
+pub fn route_over(alias: &str, targets: &[&str], extra: &str) -> String {
+    let targets: String = targets.iter().map(|t| format!("  - {t}\n")).collect();
+    format!(
+        "apiVersion: switchyard.dev/v1alpha1\nkind: ModelRoute\nmetadata: {{name: {alias}}}\nspec:\n  targets:\n{targets}{extra}---\n"
+    )
+}
+
+/// `POST /v1/embeddings` with `body`.
+pub async fn embed(proxy: &Proxy, body: &Value) -> reqwest::Response {
+    proxy.client.post(format!("{}/v1/embeddings", proxy.base)).json(body).send().await.unwrap()
+}
