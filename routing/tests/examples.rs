@@ -20,5 +20,5 @@ fn the_quickstart_compiles_without_findings() {
 
 #[test]
 fn the_provider_examples_compile_without_findings() {
-    assert_clean("examples/providers", 4);
+    assert_clean("examples/providers", 9);
 }
