@@ -47,7 +47,13 @@ fn options() -> Options {
 
 /// Applies `yaml` and returns how long until every proxy answers `alias` from `model`
 /// (and how long kubectl itself took).
-async fn apply_until_served(env: &Env, proxies: &[Proxy], yaml: &str, alias: &str, model: &str) -> (Duration, Duration) {
+async fn apply_until_served(
+    env: &Env,
+    proxies: &[Proxy],
+    yaml: &str,
+    alias: &str,
+    model: &str,
+) -> (Duration, Duration) {
     let started = Instant::now();
     env.apply_ok(yaml).await;
     let kubectl = started.elapsed();
@@ -108,7 +114,12 @@ async fn main() {
     let world = World::start("bench", 3).await;
     let mut report = String::new();
     let _ = writeln!(report, "# switchyard-operator benchmark\n");
-    let _ = writeln!(report, "operator {}\nproxy    {}\n", support::operator_binary().display(), support::proxy_binary().display());
+    let _ = writeln!(
+        report,
+        "operator {}\nproxy    {}\n",
+        support::operator_binary().display(),
+        support::proxy_binary().display()
+    );
 
     // 1. apply -> served, one small route.
     world.env.apply_ok(&route("chat", "chat", &[("t", "openai", "model-0", 1)])).await;
@@ -163,7 +174,8 @@ async fn main() {
     let compiles = count1 - count0;
     let mut part = String::new();
     let _ = writeln!(part, "## {} routes across 3 proxies\n", options.routes + 1);
-    let _ = writeln!(part, "- kubectl apply --server-side of {} routes: {:.1} s", options.routes, created.as_secs_f64());
+    let _ =
+        writeln!(part, "- kubectl apply --server-side of {} routes: {:.1} s", options.routes, created.as_secs_f64());
     let _ = writeln!(part, "- from that apply until all 3 proxies run every route: {:.1} s", all_served.as_secs_f64());
     let _ = writeln!(part, "- /debug/table size: {} bytes", tables.iter().max().unwrap_or(&0));
     let _ = writeln!(part, "- edit one route among them -> all 3 proxies serve it: {}", summary(&big));
