@@ -137,6 +137,8 @@ async fn main() {
     let _ = writeln!(report, "## kubectl apply -> all 3 proxies serve the edit (1 route)\n");
     let _ = writeln!(report, "- apply -> served: {}", summary(&served));
     let _ = writeln!(report, "- of which kubectl apply itself: {}", summary(&kubectl));
+    let after: Vec<Duration> = served.iter().zip(&kubectl).map(|(all, apply)| all.saturating_sub(*apply)).collect();
+    let _ = writeln!(report, "- from kubectl returning to served: {}", summary(&after));
     let verdict = if percentile(&served, 99) < Duration::from_secs(1) { "PASS" } else { "FAIL" };
     let _ = writeln!(report, "- target p99 < 1 s: {verdict}\n");
     print!("{report}");
