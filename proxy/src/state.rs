@@ -51,6 +51,13 @@ impl Live {
     }
 }
 
+/// Whether provider `key` has the same definition and credential in `previous` and `next`.
+fn same_provider(previous: &Live, next: &Snapshot, key: &str) -> bool {
+    let before = &previous.snapshot;
+    before.table.providers.get(key) == next.table.providers.get(key)
+        && before.credentials.get(key) == next.credentials.get(key)
+}
+
 /// A snapshot with its provider endpoints built, ready to be installed:
 /// building them first lets a caller refuse a snapshot that cannot be served.
 #[derive(Debug)]
@@ -137,10 +144,13 @@ impl RoutingHandle {
             let all = route.targets.iter().chain(route.canary.as_ref().map(|c| &c.target));
             for target in all {
                 let key = (alias.clone(), target.name.clone());
-                // Carry over only while the target still points at the same
-                // provider: a new backend starts with a closed circuit.
+                // Carry over only while the target still points at the same,
+                // unchanged provider: a new backend, URL, header or key
+                // starts with a closed circuit (a rotated key must not wait
+                // out the failures of the old one).
                 let stats = previous
                     .as_ref()
+                    .filter(|p| same_provider(p, &snapshot, &target.provider))
                     .and_then(|p| p.targets.get(&key))
                     .filter(|s| s.provider == target.provider)
                     .cloned()
@@ -213,6 +223,8 @@ pub enum Circuit {
 
 impl TargetStats {
     fn new(provider: String, metrics: TargetMetrics, counters: Arc<Counters>) -> Self {
+        // The series outlives the stats it was made for: a fresh circuit is closed.
+        metrics.circuit_state.set(0);
         Self {
             provider,
             metrics,

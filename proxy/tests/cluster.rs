@@ -837,3 +837,26 @@ async fn an_https_operator_is_trusted_through_the_operator_ca_only() {
     let error = proxy::app::start(options.args()).await.err().unwrap();
     assert!(error.to_string().contains("--operator-ca"), "{error}");
 }
+
+#[tokio::test]
+async fn a_rotated_key_closes_the_circuit_its_old_key_opened() {
+    let fake = proxy::testing::FakeOpenAi::start().await;
+    fake.require_api_key("sk-new");
+    let route = "apiVersion: switchyard.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: chat}\nspec:\n  targets:\n  - {name: a, provider: up, model: healthy}\n  retry: {attempts: 0}\n  circuitBreaker: {consecutiveFailures: 1, openFor: 10m}\n";
+    let old = compile(&(http_provider("up", &fake.base_url(), Some("sk-old")) + route));
+    let operator = FakeOperator::start(TOKEN).await;
+    operator.publish(&old);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Options::new(&operator.url(), dir.path()).start().await;
+    proxy.wait_for_hash(&old.hash).await;
+    // The old key fails once and opens the circuit for ten minutes.
+    assert_eq!(proxy.chat("chat").await.0, 502, "the upstream refused the old key");
+    let (status, body) = proxy.chat("chat").await;
+    assert!(status == 503 && body.contains("circuit open"), "{status} {body}");
+
+    let new = compile(&(http_provider("up", &fake.base_url(), Some("sk-new")) + route));
+    operator.publish(&new);
+    proxy.wait_for_hash(&new.hash).await;
+    assert_eq!(proxy.chat("chat").await, (200, "a".into()));
+    proxy.stop().await;
+}
