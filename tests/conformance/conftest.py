@@ -75,6 +75,11 @@ class ProviderTarget:
     #: Whether the fake reports usage on streams (the proxy asks; Mistral has no
     #: ``stream_options``, so its fake sends none and the proxy estimates).
     stream_usage: bool = True
+    #: Whether the fake answers a weather question that comes with tools by a tool call.
+    tools: bool = True
+    #: Extra lines of the ProviderSecret's ``spec`` (YAML, two-space indent), e.g.
+    #: ``"  azure: {apiVersion: '2024-10-21'}\n"``.
+    provider_spec: str = ""
 
     @property
     def alias(self) -> str:
@@ -89,7 +94,11 @@ class ProviderTarget:
 
 
 #: Every provider the proxy translates to, each behind its own alias ``via-PROVIDER``. A new
-#: provider (and its fake) is one more entry here: the parametrized tests pick it up.
+#: provider is one more entry here and the parametrized tests pick it up; its fake must be a
+#: ``fake-upstream --provider`` kind (``proxy/src/testing/process.rs``) and a key in FAKE_KEYS.
+#: For ``azure-openai`` that is e.g. ``ProviderTarget("azure-openai", "azure", "my-deployment",
+#: "this is a fake azure completion", embeds=True, priced=False, tools=False,
+#: provider_spec="  azure: {apiVersion: '2024-10-21'}\n")``, and likewise for ``cohere``.
 PROVIDER_TARGETS = [
     ProviderTarget("openai", "openai", "gpt-4.1-mini", "this is a fake completion", embeds=True),
     ProviderTarget(
@@ -126,7 +135,7 @@ spec:
   provider: {p.provider}
   baseUrl: {fakes[p.fake]}
   apiKey: {{secretKeyRef: {{name: keys, key: {p.fake}}}}}
----
+{p.provider_spec}---
 apiVersion: switchyard.dev/v1alpha1
 kind: ModelRoute
 metadata: {{name: {p.alias}}}
