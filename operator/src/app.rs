@@ -15,7 +15,7 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use routing::Diagnostic;
 use routing::compile::{Inputs, kind};
-use routing::distribution::BOOTSTRAP_KEY;
+use routing::distribution::{BOOTSTRAP_KEY, REPORT_INTERVAL_MS};
 use routing::table::ObjectRef;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -299,6 +299,13 @@ async fn status_loop(
     shutdown: CancellationToken,
 ) {
     let mut writer = status::Writer::new(client, &identity);
+    // A new leader knows no proxy yet: give every live proxy one report
+    // interval to check in, so that a restart does not flip `Programmed` to
+    // False and back.
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        () = tokio::time::sleep(Duration::from_millis(REPORT_INTERVAL_MS + 500)) => {}
+    }
     let mut ticker = tokio::time::interval(STATUS_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
