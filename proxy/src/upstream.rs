@@ -209,7 +209,9 @@ impl Upstreams {
                 let incoming =
                     self.post(call, Some(uri), serde_json::to_vec(&body).unwrap_or_default(), gemini_error).await?;
                 let answer = read_all(incoming).await?;
-                let openai = gemini::gemini_embeddings_to_openai(&answer, &call.body.model, &request)
+                let (encoding, _) = crate::tokens::Encoding::for_model(ProviderKind::Gemini, model);
+                let estimate = request.texts.iter().map(|text| encoding.count(text)).sum();
+                let openai = gemini::gemini_embeddings_to_openai(&answer, &call.body.model, &request, estimate)
                     .map_err(|e| translate_failure(&e))?;
                 Ok(Reply::Json(Bytes::from(openai.to_string())))
             }

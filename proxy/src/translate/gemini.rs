@@ -1224,13 +1224,15 @@ pub fn embeddings_to_gemini(request: &EmbeddingsRequest<'_>, model: &str) -> (&'
 /// OpenAI's embeddings answer for Gemini's `embedContent`
 /// (`{"embedding":{"values":[...]}}`) or `batchEmbedContents`
 /// (`{"embeddings":[{"values":[...]}]}`) answer. Gemini reports no token
-/// counts for embeddings: `usage` is 0 unless the answer has
-/// `usageMetadata.promptTokenCount`. An answer with another number of
-/// vectors than texts is [`TranslateError::InvalidResponse`].
+/// counts for embeddings: `usage.prompt_tokens` is the answer's
+/// `usageMetadata.promptTokenCount` when there is one, else `estimate` (the
+/// proxy's count of the texts). An answer with another number of vectors
+/// than texts is [`TranslateError::InvalidResponse`].
 pub fn gemini_embeddings_to_openai(
     answer: &[u8],
     model: &str,
     request: &EmbeddingsRequest<'_>,
+    estimate: u64,
 ) -> Result<Value, TranslateError> {
     let answer: Value = serde_json::from_slice(answer)
         .map_err(|e| TranslateError::InvalidResponse(format!("gemini's embeddings answer is not JSON: {e}")))?;
@@ -1241,7 +1243,7 @@ pub fn gemini_embeddings_to_openai(
         }
         _ => return Err(TranslateError::InvalidResponse("gemini's embeddings answer has no `embedding(s)`".into())),
     };
-    let tokens = answer.pointer("/usageMetadata/promptTokenCount").and_then(Value::as_u64).unwrap_or(0);
+    let tokens = answer.pointer("/usageMetadata/promptTokenCount").and_then(Value::as_u64).unwrap_or(estimate);
     embeddings::answer("gemini", &items, request, model, tokens)
 }
 
@@ -1259,7 +1261,7 @@ mod tests {
         let (method, body) = embeddings_to_gemini(&request, "gemini-embedding-001");
         assert_eq!(method, "embedContent");
         assert_eq!(body, json!({"content": {"parts": [{"text": "hello"}]}, "outputDimensionality": 3}));
-        let answer = gemini_embeddings_to_openai(br#"{"embedding":{"values":[0.5,-0.25,0.125]}}"#, "e", &request);
+        let answer = gemini_embeddings_to_openai(br#"{"embedding":{"values":[0.5,-0.25,0.125]}}"#, "e", &request, 1);
         assert_eq!(
             answer.unwrap()["data"],
             json!([{"object": "embedding", "index": 0, "embedding": [0.5, -0.25, 0.125]}])
@@ -1276,10 +1278,10 @@ mod tests {
                 {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "b"}]}}]})
         );
         let answer = br#"{"embeddings":[{"values":[1.0]},{"values":[2.0]}]}"#;
-        let answer = gemini_embeddings_to_openai(answer, "e", &request).unwrap();
+        let answer = gemini_embeddings_to_openai(answer, "e", &request, 2).unwrap();
         assert_eq!(answer["data"][1]["embedding"], json!([2.0]));
-        assert_eq!(answer["usage"]["prompt_tokens"], 0);
-        let short = gemini_embeddings_to_openai(br#"{"embeddings":[{"values":[1.0]}]}"#, "e", &request);
+        assert_eq!(answer["usage"]["prompt_tokens"], 2, "the estimate, as gemini counts nothing");
+        let short = gemini_embeddings_to_openai(br#"{"embeddings":[{"values":[1.0]}]}"#, "e", &request, 2);
         assert!(matches!(short, Err(TranslateError::InvalidResponse(_))), "{short:?}");
     }
 
