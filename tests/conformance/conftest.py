@@ -46,7 +46,13 @@ REQUEST_TIMEOUT = 15.0
 #: The key the fake OpenAI upstream requires; the proxy only gets it through the Secret.
 UPSTREAM_KEY = "sk-conformance-123"
 #: The keys of the other fakes, each in its own Secret key.
-FAKE_KEYS = {"openai": UPSTREAM_KEY, "anthropic": "sk-ant-conformance-456", "gemini": "gm-conformance-789"}
+FAKE_KEYS = {
+    "openai": UPSTREAM_KEY,
+    "anthropic": "sk-ant-conformance-456",
+    "gemini": "gm-conformance-789",
+    "azure": "az-conformance-012",
+    "cohere": "co-conformance-345",
+}
 #: Name every fake is started with: answers say ``hello from MODEL via conformance: ...``.
 FAKE_NAME = "conformance"
 #: The upstream model behind the `chat` alias.
@@ -108,7 +114,13 @@ PROVIDER_TARGETS = [
         "mistral", "openai", "mistral-small-latest", "this is a fake completion", embeds=True, stream_usage=False
     ),
     ProviderTarget("anthropic", "anthropic", "claude-haiku-4-5", "this is a fake anthropic reply", embeds=False),
-    ProviderTarget("gemini", "gemini", "gemini-2.5-flash", "this is a fake gemini reply", embeds=False),
+    ProviderTarget("gemini", "gemini", "gemini-2.5-flash", "this is a fake gemini reply", embeds=True),
+    # The v1 API (no apiVersion): the deployment name is the model. Azure deployments have no
+    # built-in prices (a deployment name says nothing certain about the model behind it).
+    ProviderTarget(
+        "azure-openai", "azure", "gpt-4o-deployment", "this is a fake azure completion", embeds=True, priced=False
+    ),
+    ProviderTarget("cohere", "cohere", "command-a-03-2025", "this is a fake cohere reply", embeds=True),
 ]
 
 #: alias -> (target name, what it is)
@@ -160,6 +172,8 @@ stringData:
   openai: {FAKE_KEYS["openai"]}
   anthropic: {FAKE_KEYS["anthropic"]}
   gemini: {FAKE_KEYS["gemini"]}
+  azure: {FAKE_KEYS["azure"]}
+  cohere: {FAKE_KEYS["cohere"]}
 ---
 apiVersion: switchyard.dev/v1alpha1
 kind: ProviderSecret

@@ -1,4 +1,4 @@
-//! `fake-upstream --provider openai|anthropic|gemini`: runs one of the fake upstreams of
+//! `fake-upstream --provider openai|anthropic|gemini|azure|cohere`: runs one of the fake upstreams of
 //! [`proxy::testing`] as its own process, speaking that provider's wire format. See
 //! [`proxy::testing::process`] for what it prints (`listening on <BASE_URL>`) and how it stops.
 
@@ -19,7 +19,7 @@ struct Args {
     #[arg(long, env = "FAKE_UPSTREAM_LISTEN", default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     /// Require this key on every request, in the provider's auth header
-    /// (`Authorization: Bearer`, `x-api-key`, `x-goog-api-key` or `?key=`).
+    /// (`Authorization: Bearer`, `x-api-key`, `x-goog-api-key` or `?key=`, `api-key`).
     #[arg(long, env = "FAKE_UPSTREAM_API_KEY")]
     api_key: Option<String>,
     /// Name sent as `x-fake-upstream` and mentioned in answers.

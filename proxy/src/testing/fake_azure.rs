@@ -20,7 +20,9 @@
 //! [`MODEL_VERSION`] as `model`, top-level `prompt_filter_results` and per-choice
 //! `content_filter_results`. The text is `hello from <deployment>: this is a fake azure
 //! completion` (`via <name>` for a named fake), one word per token, `max_tokens` /
-//! `max_completion_tokens` cut it with `finish_reason: "length"`. Deployment `filtered-output`
+//! `max_completion_tokens` cut it with `finish_reason: "length"`. A weather question with
+//! `tools` gets a call of the first tool with `{"city":"Oslo"}` (streamed as the call's head,
+//! then two argument fragments), `finish_reason: "tool_calls"`. Deployment `filtered-output`
 //! answers with empty content and `finish_reason: "content_filter"` (output filtered, HTTP 200).
 //!
 //! Streams (`data: <json>\n\n`, `[DONE]` last) reproduce Azure's quirks: the first chunk has
@@ -50,6 +52,7 @@ use http::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::common::{Ctx, FakeBody, Provider, Recorded, Reply, Server, Step, loopback, push_events};
+use super::fake_cohere::{CALL_ARGUMENTS, tool_to_call};
 use super::fake_openai::{
     Behaviour, EmbeddingInput, answer, base64_f32, completion_id, embedding_vector, message_words, prelude, stream_cut,
     unix_now,
@@ -154,6 +157,16 @@ impl FakeAzure {
     /// `http://ADDR`, the resource origin (like `https://my-resource.openai.azure.com`).
     pub fn base_url(&self) -> String {
         format!("http://{}", self.server.addr())
+    }
+
+    /// Starts a fake on `addr`, named `name` when given (see the other constructors).
+    pub async fn start_on(addr: std::net::SocketAddr, name: Option<&str>) -> std::io::Result<FakeAzure> {
+        Ok(FakeAzure { server: Server::start(&AZURE, addr, name).await? })
+    }
+
+    /// Turns request recording on (the default) or off; off keeps memory flat under load.
+    pub fn record_requests(&self, on: bool) {
+        self.server.record_requests(on);
     }
 
     /// From now on requests must send `key` in `api-key`.
@@ -285,7 +298,13 @@ async fn chat(
         .find_map(|f| body.get(*f).and_then(Value::as_u64))
         .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     let (chunks, finish) = answer(&text, max_tokens);
-    let finish = if deployment == "filtered-output" { "content_filter" } else { finish };
+    let call = if matches!(behaviour, Behaviour::Text(_)) { None } else { tool_to_call(body) };
+    let call_id = format!("call_{}", &completion_id()["chatcmpl-".len()..][..24]);
+    let finish = match &call {
+        Some(_) => "tool_calls",
+        None if deployment == "filtered-output" => "content_filter",
+        None => finish,
+    };
     let prompt_tokens: u64 =
         body.get("messages").and_then(Value::as_array).map_or(0, |m| m.iter().map(message_words).sum());
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": chunks.len(),
@@ -298,10 +317,15 @@ async fn chat(
         if let Some(reply) = prelude(&behaviour, || azure_status(500)).await {
             return ctx.reply(reply);
         }
+        let mut message = json!({"annotations": [], "content": chunks.concat(), "refusal": null, "role": "assistant"});
+        if let Some(name) = &call {
+            message["content"] = Value::Null;
+            message["tool_calls"] = json!([{"id": call_id, "type": "function",
+                "function": {"name": name, "arguments": CALL_ARGUMENTS}}]);
+        }
         let answer = json!({
             "choices": [{"content_filter_results": filter_results(), "finish_reason": finish, "index": 0,
-                "logprobs": null, "message": {"annotations": [], "content": chunks.concat(), "refusal": null,
-                    "role": "assistant"}}],
+                "logprobs": null, "message": message}],
             "created": created, "id": id, "model": MODEL_VERSION, "object": "chat.completion",
             "prompt_filter_results": prompt_filter_results(), "system_fingerprint": FINGERPRINT, "usage": usage,
         });
@@ -339,7 +363,24 @@ async fn chat(
         event(json!({"error": {"code": "InternalServerError",
                 "message": "The server had an error while processing your request. Sorry about that!"}}))
     });
-    let content = chunks.iter().map(|c| (delta(json!({"content": c}), None), true)).collect();
+    let content = match &call {
+        Some(name) => {
+            let mut events = vec![(
+                delta(
+                    json!({"tool_calls": [{"index": 0, "id": call_id, "type": "function",
+                    "function": {"name": name, "arguments": ""}}]}),
+                    None,
+                ),
+                true,
+            )];
+            for piece in [&CALL_ARGUMENTS[..8], &CALL_ARGUMENTS[8..]] {
+                events
+                    .push((delta(json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}), None), true));
+            }
+            events
+        }
+        None => chunks.iter().map(|c| (delta(json!({"content": c}), None), true)).collect(),
+    };
     if push_events(&mut steps, content, cut) {
         steps.push_back(Step::Data(delta(json!({}), Some(finish))));
         let end: usize = chunks.iter().map(|c| c.len()).sum();

@@ -124,6 +124,16 @@ impl FakeCohere {
         format!("http://{}", self.server.addr())
     }
 
+    /// Starts a fake on `addr`, named `name` when given (see the other constructors).
+    pub async fn start_on(addr: std::net::SocketAddr, name: Option<&str>) -> std::io::Result<FakeCohere> {
+        Ok(FakeCohere { server: Server::start(&COHERE, addr, name).await? })
+    }
+
+    /// Turns request recording on (the default) or off; off keeps memory flat under load.
+    pub fn record_requests(&self, on: bool) {
+        self.server.record_requests(on);
+    }
+
     /// From now on requests must send `Authorization: Bearer <key>`.
     pub fn require_api_key(&self, key: &str) {
         self.server.require_api_key(key);
@@ -187,8 +197,9 @@ async fn handle(ctx: Ctx<Behaviour>, parts: Parts, json: Option<Value>) -> Respo
     chat(ctx, &model, &body, behaviour).await
 }
 
-/// The first tool's name when the last message is a user message asking about the weather.
-fn tool_to_call(body: &Map<String, Value>) -> Option<String> {
+/// The first tool's name when the last message is a user message asking about the weather
+/// (the request's `messages` and `tools` as OpenAI and Cohere both spell them).
+pub(super) fn tool_to_call(body: &Map<String, Value>) -> Option<String> {
     let last = body.get("messages")?.as_array()?.last()?;
     if last.get("role").and_then(Value::as_str) != Some("user") {
         return None;

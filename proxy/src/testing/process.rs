@@ -3,7 +3,7 @@
 //!
 //! The first line on stdout is `listening on <BASE_URL>` (flushed), where `BASE_URL` is what a
 //! `ProviderSecret`'s `baseUrl` points at: `http://ADDR/v1` for OpenAI, the bare origin
-//! `http://ADDR` for Anthropic and Gemini. A script starts the process with
+//! `http://ADDR` for Anthropic, Gemini, Cohere and Azure (the resource origin). A script starts the process with
 //! `--listen 127.0.0.1:0` and reads the port from that line. The process stops on SIGTERM or
 //! ctrl-c. Request recording is off, so memory stays flat however long a benchmark runs.
 
@@ -11,7 +11,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use super::{FakeAnthropic, FakeGemini, FakeOpenAi};
+use super::{FakeAnthropic, FakeAzure, FakeCohere, FakeGemini, FakeOpenAi};
 
 /// Which provider's wire format the fake speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -22,6 +22,10 @@ pub enum FakeProvider {
     Anthropic,
     /// Gemini generateContent / streamGenerateContent ([`FakeGemini`]).
     Gemini,
+    /// Azure OpenAI, both URL forms ([`FakeAzure`]).
+    Azure,
+    /// Cohere v2 chat and embed ([`FakeCohere`]).
+    Cohere,
 }
 
 /// One running fake of any provider.
@@ -29,6 +33,8 @@ enum Running {
     Openai(FakeOpenAi),
     Anthropic(FakeAnthropic),
     Gemini(FakeGemini),
+    Azure(FakeAzure),
+    Cohere(FakeCohere),
 }
 
 impl Running {
@@ -42,6 +48,8 @@ impl Running {
             (FakeProvider::Anthropic, None) => Self::Anthropic(FakeAnthropic::start_on(listen).await?),
             (FakeProvider::Gemini, Some(name)) => Self::Gemini(FakeGemini::start_on_named(listen, name).await?),
             (FakeProvider::Gemini, None) => Self::Gemini(FakeGemini::start_on(listen).await?),
+            (FakeProvider::Azure, name) => Self::Azure(FakeAzure::start_on(listen, name).await?),
+            (FakeProvider::Cohere, name) => Self::Cohere(FakeCohere::start_on(listen, name).await?),
         })
     }
 
@@ -50,6 +58,8 @@ impl Running {
             Self::Openai(fake) => fake.base_url(),
             Self::Anthropic(fake) => fake.base_url(),
             Self::Gemini(fake) => fake.base_url(),
+            Self::Azure(fake) => fake.base_url(),
+            Self::Cohere(fake) => fake.base_url(),
         }
     }
 
@@ -64,6 +74,14 @@ impl Running {
                 api_key.inspect(|key| fake.require_api_key(key));
             }
             Self::Gemini(fake) => {
+                fake.record_requests(false);
+                api_key.inspect(|key| fake.require_api_key(key));
+            }
+            Self::Azure(fake) => {
+                fake.record_requests(false);
+                api_key.inspect(|key| fake.require_api_key(key));
+            }
+            Self::Cohere(fake) => {
                 fake.record_requests(false);
                 api_key.inspect(|key| fake.require_api_key(key));
             }
