@@ -157,7 +157,7 @@ async fn a_message_is_answered_by_each_kind_of_upstream() {
     // What each upstream received: its own format, with the system prompt.
     let openai = &s.openai.requests()[0].body;
     assert_eq!(openai["messages"][0], json!({"role": "system", "content": "You are terse."}));
-    assert_eq!(openai["max_completion_tokens"], 256);
+    assert_eq!(openai["max_tokens"], 256);
     let anthropic = &s.anthropic.requests()[0];
     assert_eq!(anthropic.header("x-api-key"), Some("sk-ant-1"), "the provider's key, not the client's");
     assert_eq!(anthropic.body["system"], "You are terse.");

@@ -16,7 +16,9 @@
 //! # Request mapping decisions
 //!
 //! - `model` is the alias, unchanged; `max_tokens` (required, as Anthropic
-//!   requires it) → `max_completion_tokens`.
+//!   requires it) → `max_tokens`, not the digest's `max_completion_tokens`:
+//!   every OpenAI-shaped server reads `max_tokens`, and the proxy already
+//!   sends it to `openai` targets as `max_completion_tokens`.
 //! - `system` (string or text blocks) → one leading `system` message (a
 //!   string, or text parts when a block carries `cache_control`).
 //! - User turns: `text` → text part; `image` with a `base64` source → an
@@ -146,7 +148,7 @@ pub fn messages_to_chat_request(body: &[u8]) -> Result<Value, TranslateError> {
         }
     }
     out.insert("messages".into(), Value::Array(messages));
-    out.insert("max_completion_tokens".into(), Value::from(max_tokens));
+    out.insert("max_tokens".into(), Value::from(max_tokens));
 
     for name in ["temperature", "top_p"] {
         if let Some(value) = field(name) {
@@ -877,7 +879,7 @@ mod tests {
             chat,
             json!({
                 "model": "claude-sonnet-5-5",
-                "max_completion_tokens": 1024,
+                "max_tokens": 1024,
                 "messages": [
                     {"role": "system", "content": "You are terse."},
                     {"role": "user", "content": "Weather in Oslo?"},
