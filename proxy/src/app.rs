@@ -23,6 +23,7 @@ use crate::server::{self, Body, Handler, full};
 use crate::source;
 use crate::state::RoutingHandle;
 use crate::upstream::Upstreams;
+use crate::websocket;
 
 /// Why the process stopped.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,7 @@ pub fn init_tracing(format: &str) -> tracing_appender::non_blocking::WorkerGuard
 /// The data port's router.
 pub struct DataPlane {
     pub chat: Arc<Context>,
+    pub websocket: websocket::Settings,
 }
 
 impl Handler for DataPlane {
@@ -78,6 +80,9 @@ impl Handler for DataPlane {
             .filter(|v| !v.is_empty() && v.len() <= 128)
             .cloned()
             .unwrap_or_else(new_request_id);
+        if request.uri().path() == websocket::PATH {
+            return websocket::accept(&self.chat, &self.websocket, request, &request_id);
+        }
         let (parts, body) = request.into_parts();
         let result = match (&parts.method, parts.uri.path()) {
             (&Method::POST, "/v1/chat/completions") => {
@@ -119,7 +124,8 @@ impl DataPlane {
     }
 }
 
-fn new_request_id() -> HeaderValue {
+/// A fresh `req_<32 hex>` request id.
+pub(crate) fn new_request_id() -> HeaderValue {
     let id: u128 = rand::random();
     HeaderValue::try_from(format!("req_{id:032x}")).unwrap_or(HeaderValue::from_static("req_unknown"))
 }
@@ -148,6 +154,7 @@ pub async fn start(args: Args) -> Result<Running, AppError> {
         admin_listen,
         drain_timeout,
         reload_interval,
+        ws_ping_interval,
         worker_threads: _,
         log_format: _,
     } = args;
@@ -196,6 +203,7 @@ pub async fn start(args: Args) -> Result<Running, AppError> {
     let shutdown = CancellationToken::new();
     let data = Arc::new(DataPlane {
         chat: Arc::new(Context { routing: routing.clone(), upstreams: Upstreams::new(), metrics: metrics.clone() }),
+        websocket: websocket::Settings { ping_interval: ws_ping_interval, shutdown: shutdown.clone() },
     });
     let (source_task, source_name) = match &source {
         Source::Manifests(dir) => {

@@ -36,6 +36,11 @@ pub struct Args {
     #[arg(long, env = "SWITCHYARD_RELOAD_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub reload_interval: Duration,
 
+    /// How often the WebSocket endpoint (`GET /v1/chat/ws`) pings its
+    /// clients; a connection silent for two intervals is closed.
+    #[arg(long, env = "SWITCHYARD_WS_PING_INTERVAL", default_value = "20s", value_parser = parse_ws_ping_interval)]
+    pub ws_ping_interval: Duration,
+
     /// Threads serving requests; default: the CPUs this process may use. With
     /// one, the proxy runs a single-threaded runtime, which saves the
     /// cross-thread bookkeeping of a work-stealing scheduler.
@@ -105,6 +110,16 @@ impl Default for ClusterArgs {
             poll_wait: Duration::from_secs(30),
             report_interval: Duration::from_millis(routing::distribution::REPORT_INTERVAL_MS),
         }
+    }
+}
+
+/// A ping interval: a duration above zero.
+fn parse_ws_ping_interval(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => {
+            Err(format!("`{text}` is no interval: the WebSocket ping interval must be above zero, e.g. `20s`"))
+        }
+        interval => Ok(interval),
     }
 }
 

@@ -86,6 +86,28 @@ pub async fn handle_translated(
         Ok(bytes) => serve(ctx, headers, &bytes, request_id, started, operation).await,
         Err(error) => Err(error),
     };
+    recorded(ctx, request_id, started, result)
+}
+
+/// [`handle`] for a request body that is already in memory (a WebSocket frame).
+pub async fn handle_bytes(
+    ctx: &Arc<Context>,
+    headers: &HeaderMap,
+    body: &[u8],
+    request_id: &HeaderValue,
+    operation: Operation,
+) -> Result<Response<Body>, ProxyError> {
+    let started = Instant::now();
+    let result = serve(ctx, headers, body, request_id, started, operation).await;
+    recorded(ctx, request_id, started, result)
+}
+
+fn recorded(
+    ctx: &Context,
+    request_id: &HeaderValue,
+    started: Instant,
+    result: Result<Response<Body>, ProxyError>,
+) -> Result<Response<Body>, ProxyError> {
     if let Err(error) = &result {
         record_failure(&ctx.metrics, request_id, started, error);
     }

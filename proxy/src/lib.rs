@@ -1,7 +1,8 @@
 //! Switchyard's data plane.
 //!
 //! Serves the OpenAI-compatible API (`/v1/chat/completions`, `/v1/models`)
-//! and Anthropic's Messages API (`/v1/messages`)
+//! and Anthropic's Messages API (`/v1/messages`), and chat streams over a
+//! WebSocket (`/v1/chat/ws`),
 //! from a routing table that is swapped atomically while requests are in
 //! flight. Each request takes one snapshot of the table and makes every
 //! decision (target, retries, fallbacks) against it. Tables come from a
@@ -29,6 +30,7 @@ pub mod state;
 pub mod tokens;
 pub mod translate;
 pub mod upstream;
+pub mod websocket;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -35,6 +35,7 @@ pub fn args(manifests: Option<&Path>, cluster: ClusterArgs) -> Args {
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         drain_timeout: Duration::from_secs(5),
         reload_interval: Duration::from_millis(50),
+        ws_ping_interval: Duration::from_secs(20),
         worker_threads: None,
         log_format: "json".into(),
     }
@@ -43,15 +44,26 @@ pub fn args(manifests: Option<&Path>, cluster: ClusterArgs) -> Args {
 impl Proxy {
     /// Starts a proxy on `files` (name, YAML) with a fast reload interval.
     pub async fn start(files: &[(&str, &str)]) -> Proxy {
+        Self::start_with(files, |_| {}).await
+    }
+
+    /// [`Proxy::start`] with changed process flags.
+    pub async fn start_with(files: &[(&str, &str)], tweak: impl FnOnce(&mut Args)) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         for (name, content) in files {
             write_file(dir.path(), name, content);
         }
-        Self::start_in(dir).await
+        Self::start_in_with(dir, tweak).await
     }
 
     pub async fn start_in(dir: tempfile::TempDir) -> Proxy {
-        let running = proxy::app::start(args(Some(dir.path()), ClusterArgs::default())).await.unwrap();
+        Self::start_in_with(dir, |_| {}).await
+    }
+
+    pub async fn start_in_with(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Args)) -> Proxy {
+        let mut args = args(Some(dir.path()), ClusterArgs::default());
+        tweak(&mut args);
+        let running = proxy::app::start(args).await.unwrap();
         let base = format!("http://{}", running.data_addr);
         let admin = format!("http://{}", running.admin_addr);
         let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
