@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: Rust lints and tests, the CRDs
-# against a real kube-apiserver, then the OpenAI SDK conformance tests
+# against a real kube-apiserver, then the OpenAI and Anthropic SDK conformance tests
 # against the real proxy binary. Installs what it needs: crates via cargo, Go
 # modules via the Go module proxy (the API server harness), Python packages
 # into .venv.
@@ -48,7 +48,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/conformance/requirements.txt
 
-step "SDK conformance (official openai package against the proxy binary and every provider's fake)"
+step "SDK conformance (official openai and anthropic packages against the proxy binary and every provider's fake)"
 SWITCHYARD_PROXY_BIN="$PWD/target/debug/switchyard-proxy" \
 FAKE_UPSTREAM_BIN="$PWD/target/debug/fake-upstream" \
   .venv/bin/python -m pytest -q tests/conformance
