@@ -77,14 +77,14 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_poll_over_tls_and_refuse_an_operator_they_cannot_verify() {
     let w = support::World::start("tls-plain", 0).await;
-    let tls = repo().join("tests/e2e/testdata/tls");
+    let tls = repo().join("proxy/tests/fixtures/tls");
     let mut opts = w.env.operator_opts("operator-tls");
     opts.lease_namespace = w.env.ns.clone();
     opts.extra = vec![
         "--tls-cert".into(),
-        tls.join("operator.pem").display().to_string(),
+        tls.join("server.pem").display().to_string(),
         "--tls-key".into(),
-        tls.join("operator.key").display().to_string(),
+        tls.join("server.key").display().to_string(),
     ];
     // The plain operator of the World holds this namespace's Lease: stop it first.
     let mut plain = w.operator;
