@@ -16,7 +16,6 @@ use support::{
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waiting for the operator and the proxy's cluster mode on main"]
 async fn an_applied_route_is_served_by_both_proxies_and_reported_programmed() {
     let w = World::start("apply", 2).await;
     let applied = Instant::now();
@@ -65,7 +64,6 @@ async fn an_applied_route_is_served_by_both_proxies_and_reported_programmed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waiting for the operator and the proxy's cluster mode on main"]
 async fn editing_a_route_moves_traffic_and_status_follows() {
     let w = World::start("edit", 2).await;
     w.env.apply_ok(&route("chat", "chat", &[("a", "openai", "model-a", 1)])).await;
@@ -96,7 +94,6 @@ async fn editing_a_route_moves_traffic_and_status_follows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waiting for the operator and the proxy's cluster mode on main"]
 async fn a_missing_provider_secret_is_reported_and_recovers_without_restarts() {
     let mut w = World::start("missing-ref", 2).await;
     w.env
@@ -148,7 +145,6 @@ async fn a_missing_provider_secret_is_reported_and_recovers_without_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waiting for the operator and the proxy's cluster mode on main"]
 async fn a_rotated_key_is_used_by_every_proxy_and_never_leaks() {
     let w = World::start("rotate", 2).await;
     w.env.apply_ok(&route("chat", "chat", &[("a", "openai", "model-a", 1)])).await;
@@ -199,7 +195,6 @@ async fn a_rotated_key_is_used_by_every_proxy_and_never_leaks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waiting for the operator and the proxy's cluster mode on main"]
 async fn the_newer_of_two_routes_claiming_an_alias_gets_conflict() {
     let w = World::start("conflict", 2).await;
     w.env.apply_ok(&route("first", "shared", &[("a", "openai", "model-first", 1)])).await;
@@ -243,7 +238,6 @@ async fn the_newer_of_two_routes_claiming_an_alias_gets_conflict() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waiting for the operator and the proxy's cluster mode on main"]
 async fn a_proxy_that_rejects_a_table_is_named_and_the_others_are_unaffected() {
     let mut w = World::start("reject", 2).await;
     w.env.apply_ok(&route("chat", "chat", &[("a", "openai", "model-a", 1)])).await;
@@ -294,7 +288,6 @@ async fn a_proxy_that_rejects_a_table_is_named_and_the_others_are_unaffected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waiting for the operator and the proxy's cluster mode on main"]
 async fn proxies_outlive_the_operator_boot_from_the_snapshot_and_reconcile_after_restart() {
     let mut w = World::start("operator-down", 2).await;
     w.env.apply_ok(&route("chat", "chat", &[("a", "openai", "model-a", 1)])).await;

@@ -44,7 +44,6 @@ async fn service_account_kubeconfig(env: &Env) -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waiting for the operator and the proxy's cluster mode on main"]
 async fn the_operator_works_with_exactly_the_rbac_of_deploy_rbac_yaml() {
     let env = Env::new("rbac").await;
     let admin = cluster().kubeconfig_path.clone();
