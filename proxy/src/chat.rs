@@ -7,7 +7,9 @@
 //!   on the same target with exponential backoff and jitter, or after the
 //!   provider's `Retry-After` when that fits the request budget; then the next
 //!   target, then the fallback aliases;
-//! - 400-class client errors (other than 408/409/429) end the request at once;
+//! - 400-class client errors (other than 408/409/429) end the request at once,
+//!   except a context-length error, which moves on to targets with a larger
+//!   `contextWindow` only;
 //! - a stream commits to a target at its first content chunk; anything before
 //!   that may fail over invisibly; after it, a failure ends the stream with an
 //!   error event and never a `[DONE]`;
@@ -149,7 +151,21 @@ async fn serve(
     let mut attempts = Vec::new();
     let mut skipped = plan.skipped.clone();
     let mut last_error = None;
+    // After a context-length error: the window a target must exceed to be
+    // worth trying (0 when the failed target had none: then any target with
+    // a `contextWindow`, which the plan already checked against the prompt's
+    // pre-flight estimate).
+    let mut larger_than: Option<u64> = None;
     for candidate in &plan.candidates {
+        if let Some(needed) = larger_than
+            && candidate.target.context_window.is_none_or(|window| window <= needed)
+        {
+            skipped.push(format!(
+                "`{}/{}`: its `contextWindow` is not larger than the failed target's",
+                candidate.route.alias, candidate.target.name
+            ));
+            continue;
+        }
         let before = attempts.len();
         let outcome = request.try_candidate(candidate, &mut attempts, &mut skipped).await;
         count_tried(&live, candidate, &outcome, attempts.len() > before);
@@ -182,7 +198,10 @@ async fn serve(
             }
             Err(error) => error,
         };
-        if let UpstreamError::Status { status, body, .. } = &error
+        if error.is_context_length() {
+            let window = candidate.target.context_window.unwrap_or(0);
+            larger_than = Some(larger_than.map_or(window, |needed| needed.max(window)));
+        } else if let UpstreamError::Status { status, body, .. } = &error
             && error.class() == Class::Final
         {
             return Err(ProxyError::Rejected { alias, status: *status, body: body.clone(), attempts });
@@ -196,6 +215,11 @@ async fn serve(
         if last_error.is_none() || !matches!(error, UpstreamError::NotTried(_)) {
             last_error = Some(error);
         }
+    }
+    // The last real failure was a context-length error: no larger target was
+    // left, or none could be tried.
+    if let Some(body) = last_error.as_ref().and_then(UpstreamError::context_length_body) {
+        return Err(ProxyError::ContextLength { alias, body: body.clone(), attempts, skipped });
     }
     Err(match last_error {
         Some(last) if !attempts.is_empty() => ProxyError::Exhausted { alias, attempts, last: Box::new(last), skipped },

@@ -80,6 +80,24 @@ impl UpstreamError {
         }
     }
 
+    /// The upstream said the prompt does not fit its model's context window
+    /// (its error, already in OpenAI's shape, has `code:
+    /// "context_length_exceeded"`): not retried, and tried elsewhere only on
+    /// a target with a larger `contextWindow`.
+    pub fn is_context_length(&self) -> bool {
+        self.context_length_body().is_some()
+    }
+
+    /// The error body of a context-length error ([`is_context_length`](Self::is_context_length)).
+    pub fn context_length_body(&self) -> Option<&Bytes> {
+        match self {
+            Self::Status { status: 400 | 413, body, .. } => serde_json::from_slice::<serde_json::Value>(body)
+                .is_ok_and(|v| v["error"]["code"] == "context_length_exceeded")
+                .then_some(body),
+            _ => None,
+        }
+    }
+
     /// The delay the provider asked for.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -143,6 +161,11 @@ pub enum ProxyError {
     /// `contextWindow`: the client has to shorten it.
     #[error("the request is longer than every context window of `{alias}`")]
     TooLong { alias: String, skipped: Vec<String> },
+    /// Upstreams answered that the prompt is too long for their model and no
+    /// target with a larger `contextWindow` was left to try: the last such
+    /// error (in OpenAI's shape), with the attempts added.
+    #[error("the request is too long for the models of `{alias}`")]
+    ContextLength { alias: String, body: Bytes, attempts: Vec<AttemptRecord>, skipped: Vec<String> },
     /// A final client error from the upstream, passed through.
     #[error("upstream rejected the request with HTTP {status}")]
     Rejected { alias: String, status: u16, body: Bytes, attempts: Vec<AttemptRecord> },
@@ -159,7 +182,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest { .. } | Self::TooLong { .. } => StatusCode::BAD_REQUEST,
+            Self::BadRequest { .. } | Self::TooLong { .. } | Self::ContextLength { .. } => StatusCode::BAD_REQUEST,
             Self::UnknownModel { .. } | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::NotReady | Self::NoCandidate { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Rejected { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
@@ -176,9 +199,10 @@ impl ProxyError {
 
     pub fn attempts(&self) -> &[AttemptRecord] {
         match self {
-            Self::Rejected { attempts, .. } | Self::Exhausted { attempts, .. } | Self::Deadline { attempts, .. } => {
-                attempts
-            }
+            Self::Rejected { attempts, .. }
+            | Self::ContextLength { attempts, .. }
+            | Self::Exhausted { attempts, .. }
+            | Self::Deadline { attempts, .. } => attempts,
             _ => &[],
         }
     }
@@ -199,7 +223,8 @@ impl ProxyError {
             | Self::Exhausted { alias, .. }
             | Self::Deadline { alias, .. }
             | Self::NoCandidate { alias, .. }
-            | Self::TooLong { alias, .. } => Some(alias),
+            | Self::TooLong { alias, .. }
+            | Self::ContextLength { alias, .. } => Some(alias),
             _ => None,
         }
     }
@@ -213,7 +238,9 @@ impl ProxyError {
             Self::MethodNotAllowed => ("invalid_request_error", Some("method_not_allowed")),
             Self::NotReady => ("server_error", Some("not_ready")),
             Self::NoCandidate { .. } => ("server_error", Some("no_available_target")),
-            Self::TooLong { .. } => ("invalid_request_error", Some("context_length_exceeded")),
+            Self::TooLong { .. } | Self::ContextLength { .. } => {
+                ("invalid_request_error", Some("context_length_exceeded"))
+            }
             Self::Rejected { .. } => ("invalid_request_error", None),
             Self::Exhausted { .. } if self.no_target_could_express_it() => {
                 ("invalid_request_error", Some("unsupported_by_targets"))
@@ -228,7 +255,7 @@ impl ProxyError {
         let param = match self {
             Self::BadRequest { param, .. } => *param,
             Self::UnknownModel { .. } => Some("model"),
-            Self::TooLong { .. } => Some("messages"),
+            Self::TooLong { .. } | Self::ContextLength { .. } => Some("messages"),
             _ => None,
         };
         let attempts = self.attempts();
@@ -270,6 +297,16 @@ impl ProxyError {
                 text
             }
             Self::Rejected { body, .. } => upstream_message(body).unwrap_or_else(|| self.to_string()),
+            Self::ContextLength { body, skipped, .. } => {
+                let mut text = upstream_message(body).unwrap_or_else(|| self.to_string());
+                if !skipped.is_empty() {
+                    text.push_str(&format!(
+                        "; no target with a larger `contextWindow` to fall back to: {}",
+                        skipped.join("; ")
+                    ));
+                }
+                text
+            }
             _ => self.to_string(),
         }
     }

@@ -7,7 +7,7 @@ mod support;
 
 use proxy::testing::{AnthropicBehaviour, FakeAnthropic, FakeOpenAi};
 use serde_json::{Value, json};
-use support::{Proxy, chat_body, http_provider, sse_data};
+use support::{Proxy, chat_body, http_provider, route_over, sse_data};
 
 fn anthropic_provider(name: &str, base_url: &str, key: &str) -> String {
     format!(
@@ -201,5 +201,113 @@ async fn a_cut_anthropic_stream_ends_with_an_error_event_not_done() {
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "stream_interrupted", "{events:?}");
     assert!(!events.iter().any(|e| e == "[DONE]"));
+    proxy.stop().await;
+}
+
+/// A route over one Anthropic provider `claude` with `targets`, falling back
+/// to `fallback` (a route over `fallback_targets`) when given. `least-busy`
+/// keeps the manifest's order while nothing is in flight.
+fn context_routes(targets: &[&str], fallback: &[&str]) -> String {
+    let fallbacks = if fallback.is_empty() { String::new() } else { "  fallbacks: [big]\n".to_owned() };
+    let mut out = route_over("chat", targets, &format!("  strategy: least-busy\n{fallbacks}"));
+    if !fallback.is_empty() {
+        out += &route_over("big", fallback, "");
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_context_length_error_falls_back_to_a_target_with_a_larger_window() {
+    let fake = FakeAnthropic::start().await;
+    let manifests = anthropic_provider("claude", &fake.base_url(), "k-123")
+        + &context_routes(
+            &[
+                "{name: small, provider: claude, model: prompt-too-long, contextWindow: 8000}",
+                "{name: unsized, provider: claude, model: claude-unsized}",
+                "{name: same, provider: claude, model: claude-same, contextWindow: 8000}",
+            ],
+            &["{name: large, provider: claude, model: claude-large, contextWindow: 200000}"],
+        );
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    for stream in [false, true] {
+        let response = proxy.chat(&chat_body("chat", stream)).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-switchyard-target"], "large");
+        assert_eq!(response.headers()["x-switchyard-route"], "big");
+        assert_eq!(response.headers()["x-switchyard-attempts"], "2");
+        assert!(response.text().await.unwrap().contains("claude-large"));
+    }
+    // Neither the too-small target was retried nor were the targets without
+    // a larger window tried.
+    let models: Vec<_> = fake.requests().iter().map(|r| r.body["model"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(models, ["prompt-too-long", "claude-large", "prompt-too-long", "claude-large"]);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_target_without_a_window_falls_back_to_any_target_with_one() {
+    let fake = FakeAnthropic::start().await;
+    let manifests = anthropic_provider("claude", &fake.base_url(), "k-123")
+        + &context_routes(
+            &[
+                "{name: unsized, provider: claude, model: prompt-too-long}",
+                "{name: also-unsized, provider: claude, model: claude-unsized}",
+                "{name: sized, provider: claude, model: claude-sized, contextWindow: 100000}",
+            ],
+            &[],
+        );
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let response = proxy.chat(&chat_body("chat", false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchyard-target"], "sized");
+    assert_eq!(fake.hits(), 2);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_larger_window_the_client_gets_the_context_length_error() {
+    let fake = FakeAnthropic::start().await;
+    let manifests = anthropic_provider("claude", &fake.base_url(), "k-123")
+        + &context_routes(
+            &[
+                "{name: small, provider: claude, model: prompt-too-long, contextWindow: 8000}",
+                "{name: smaller, provider: claude, model: claude-smaller, contextWindow: 4000}",
+            ],
+            &["{name: unsized, provider: claude, model: claude-unsized}"],
+        );
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let response = proxy.chat(&chat_body("chat", false)).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.headers()["x-switchyard-target"], "small");
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "context_length_exceeded", "{error}");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("prompt is too long"), "{message}");
+    assert!(message.contains("`chat/smaller`") && message.contains("`big/unsized`"), "{message}");
+    let attempts = error["error"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{error}");
+    assert_eq!(attempts[0]["target"], "small");
+    assert_eq!(fake.hits(), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_request_that_is_not_about_length_never_falls_back() {
+    let fake = FakeAnthropic::start().await;
+    let manifests = anthropic_provider("claude", &fake.base_url(), "k-123")
+        + &context_routes(
+            &[
+                "{name: small, provider: claude, model: fail-400, contextWindow: 8000}",
+                "{name: large, provider: claude, model: claude-large, contextWindow: 200000}",
+            ],
+            &[],
+        );
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let response = proxy.chat(&chat_body("chat", false)).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_ne!(error["error"]["code"], "context_length_exceeded", "{error}");
+    assert_eq!(fake.hits(), 1);
     proxy.stop().await;
 }

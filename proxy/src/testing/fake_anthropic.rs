@@ -174,6 +174,7 @@ impl AnthropicBehaviour {
     /// | `fail-<code>` (400..=599, e.g. `fail-500`, `fail-529`, `fail-401`) | [`AnthropicBehaviour::status`]`(code)` |
     /// | `overloaded` | 529 `overloaded_error` |
     /// | `rate-limited` | 429 `rate_limit_error` with `retry-after: 1` |
+    /// | `prompt-too-long` | 400 `invalid_request_error` `prompt is too long: 208310 tokens > 200000 maximum`, Anthropic's context-length error |
     /// | `slow-ttft` | [`AnthropicBehaviour::SlowFirstChunk`] of 5 s |
     /// | `break-after-<n>` (e.g. `break-after-3`) | [`AnthropicBehaviour::BreakAfter`] `n` deltas |
     /// | `error-after-<n>` (e.g. `error-after-3`) | [`AnthropicBehaviour::ErrorEventAfter`] `n` deltas |
@@ -184,6 +185,15 @@ impl AnthropicBehaviour {
         match model {
             "overloaded" => AnthropicBehaviour::status(529),
             "rate-limited" => AnthropicBehaviour::status(429),
+            "prompt-too-long" => {
+                let request_id = request_id();
+                let message = "prompt is too long: 208310 tokens > 200000 maximum";
+                AnthropicBehaviour::Status {
+                    status: 400,
+                    body: error_body("invalid_request_error", message, Some(&request_id)),
+                    headers: vec![("request-id".to_owned(), request_id)],
+                }
+            }
             "slow-ttft" => AnthropicBehaviour::SlowFirstChunk(Duration::from_secs(5)),
             "endless" => AnthropicBehaviour::Endless,
             _ => {
