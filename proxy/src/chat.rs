@@ -17,8 +17,8 @@
 //!   upstream response and so closes the upstream connection.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,6 +35,7 @@ use crate::cost::{self, PriceSource, Pricing};
 use crate::errors::{AttemptRecord, Class, ProxyError, UpstreamError};
 use crate::metrics::{FallbackLabels, Metrics, RequestLabels, RouteTargetLabels};
 use crate::plan::{self, Candidate, Steering};
+use crate::ratelimit::RateLimits;
 use crate::request::{ApiRequest, Operation};
 use crate::server::{Body, full};
 use crate::sse;
@@ -147,7 +148,8 @@ async fn serve(
         return Err(ProxyError::NoCandidate { alias, skipped: plan.skipped });
     }
     let deadline = started + Duration::from_millis(route.timeouts.request_ms);
-    let request = Request { ctx, live: &live, body: &body, stream, request_id, deadline };
+    let request =
+        Request { ctx, live: &live, body: &body, stream, request_id, deadline, rate_limits: Mutex::default() };
     let mut attempts = Vec::new();
     let mut skipped = plan.skipped.clone();
     let mut last_error = None;
@@ -193,6 +195,7 @@ async fn serve(
                     attempts: attempts.len() + 1,
                     request_id: request_id.clone(),
                     started,
+                    rate_limits: request.take_rate_limits(),
                 };
                 return Ok(served.respond(answer, client_wants_usage, deadline));
             }
@@ -221,9 +224,16 @@ async fn serve(
     if let Some(body) = last_error.as_ref().and_then(UpstreamError::context_length_body) {
         return Err(ProxyError::ContextLength { alias, body: body.clone(), attempts, skipped });
     }
+    let rate_limits = request.take_rate_limits().map(Box::new);
     Err(match last_error {
-        Some(last) if !attempts.is_empty() => ProxyError::Exhausted { alias, attempts, last: Box::new(last), skipped },
-        _ => ProxyError::NoCandidate { alias, skipped },
+        Some(last) if !attempts.is_empty() => {
+            ProxyError::Exhausted { alias, attempts, last: Box::new(last), skipped, rate_limits }
+        }
+        // Nothing was sent: the proxy's own `requestsPerMinute` stopped it.
+        _ => match rate_limits {
+            Some(limits) => ProxyError::Throttled { alias, skipped, limits },
+            None => ProxyError::NoCandidate { alias, skipped },
+        },
     })
 }
 
@@ -297,6 +307,9 @@ struct Request<'a> {
     stream: bool,
     request_id: &'a HeaderValue,
     deadline: Instant,
+    /// The rate-limit headers of the last upstream answer that had any (or
+    /// the proxy's own limit that stopped an attempt).
+    rate_limits: Mutex<Option<RateLimits>>,
 }
 
 /// A successful attempt's answer.
@@ -310,6 +323,10 @@ enum Answer {
 }
 
 impl Request<'_> {
+    fn take_rate_limits(&self) -> Option<RateLimits> {
+        self.rate_limits.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
     /// All attempts (first try plus retries) at one candidate; each failed
     /// one is added to `attempts`.
     async fn try_candidate(
@@ -335,7 +352,10 @@ impl Request<'_> {
                 return Err(UpstreamError::NotTried("circuit open".into()));
             }
             let provider_stats = self.live.provider_stats(&target.provider);
-            if let Some(Err(limit)) = provider_stats.map(|p| p.try_acquire()) {
+            if let Some((p, Err(limit))) = provider_stats.map(|p| (p, p.try_acquire())) {
+                if limit == "requestsPerMinute" {
+                    *self.rate_limits.lock().unwrap_or_else(PoisonError::into_inner) = p.exhausted_minute();
+                }
                 skipped.push(format!("{}: provider limit `{limit}` reached", name()));
                 return Err(UpstreamError::NotTried(format!("provider limit `{limit}` reached")));
             }
@@ -410,7 +430,10 @@ impl Request<'_> {
             stream: self.stream,
             request_id: self.request_id,
             endpoint,
+            rate_limits: &self.rate_limits,
         };
+        // An earlier attempt's limits are not this upstream's.
+        self.take_rate_limits();
         let timeouts = &route.timeouts;
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         let attempt_limit = Duration::from_millis(timeouts.attempt_ms).min(remaining);
@@ -581,6 +604,8 @@ struct Served {
     attempts: usize,
     request_id: HeaderValue,
     started: Instant,
+    /// The upstream's rate limits, passed on as OpenAI's `x-ratelimit-*` headers.
+    rate_limits: Option<RateLimits>,
 }
 
 /// Tokens and cost of one served request.
@@ -601,6 +626,9 @@ impl Served {
             .header("x-switchyard-route", self.route.as_str())
             .header("x-switchyard-target", self.target.as_str())
             .header("x-switchyard-attempts", self.attempts);
+        if let (Some(limits), Some(headers)) = (&self.rate_limits, builder.headers_mut()) {
+            limits.write(headers);
+        }
         match answer {
             Answer::Json(bytes) => {
                 let account = match usage_of(&bytes) {

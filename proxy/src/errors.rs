@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use serde_json::json;
 
+use crate::ratelimit::RateLimits;
 use crate::server::{Body, full};
 use crate::translate::anthropic_inbound;
 
@@ -170,7 +171,18 @@ pub enum ProxyError {
     #[error("upstream rejected the request with HTTP {status}")]
     Rejected { alias: String, status: u16, body: Bytes, attempts: Vec<AttemptRecord> },
     #[error("every target of `{alias}` failed")]
-    Exhausted { alias: String, attempts: Vec<AttemptRecord>, last: Box<UpstreamError>, skipped: Vec<String> },
+    Exhausted {
+        alias: String,
+        attempts: Vec<AttemptRecord>,
+        last: Box<UpstreamError>,
+        skipped: Vec<String>,
+        /// The last upstream's rate limits, passed on with a 429.
+        rate_limits: Option<Box<RateLimits>>,
+    },
+    /// Every target was skipped because its provider's `requestsPerMinute`
+    /// is used up: the proxy's own 429.
+    #[error("the provider request limit of every target of `{alias}` is reached")]
+    Throttled { alias: String, skipped: Vec<String>, limits: Box<RateLimits> },
     #[error("the request timeout of {limit:?} ran out")]
     Deadline { alias: String, limit: Duration, attempts: Vec<AttemptRecord> },
     #[error("no route for `{0}`")]
@@ -185,6 +197,7 @@ impl ProxyError {
             Self::BadRequest { .. } | Self::TooLong { .. } | Self::ContextLength { .. } => StatusCode::BAD_REQUEST,
             Self::UnknownModel { .. } | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::NotReady | Self::NoCandidate { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Rejected { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
             Self::Exhausted { .. } if self.no_target_could_express_it() => StatusCode::BAD_REQUEST,
             Self::Exhausted { last, .. } => match last.as_ref() {
@@ -223,6 +236,7 @@ impl ProxyError {
             | Self::Exhausted { alias, .. }
             | Self::Deadline { alias, .. }
             | Self::NoCandidate { alias, .. }
+            | Self::Throttled { alias, .. }
             | Self::TooLong { alias, .. }
             | Self::ContextLength { alias, .. } => Some(alias),
             _ => None,
@@ -238,6 +252,7 @@ impl ProxyError {
             Self::MethodNotAllowed => ("invalid_request_error", Some("method_not_allowed")),
             Self::NotReady => ("server_error", Some("not_ready")),
             Self::NoCandidate { .. } => ("server_error", Some("no_available_target")),
+            Self::Throttled { .. } => ("rate_limit_error", Some("rate_limit_exceeded")),
             Self::TooLong { .. } | Self::ContextLength { .. } => {
                 ("invalid_request_error", Some("context_length_exceeded"))
             }
@@ -279,11 +294,15 @@ impl ProxyError {
             Self::NoCandidate { alias, skipped } => {
                 format!("no target of `{alias}` can take the request now: {}", skipped.join("; "))
             }
+            Self::Throttled { alias, skipped, .. } => format!(
+                "rate limit reached for every target of `{alias}`: {}; retry after the time in `retry-after`",
+                skipped.join("; ")
+            ),
             Self::TooLong { alias, skipped } => format!(
                 "the request is too long for every target of `{alias}`: {}; shorten the conversation or add a target with a larger `contextWindow`",
                 skipped.join("; ")
             ),
-            Self::Exhausted { alias, attempts, last, skipped } => {
+            Self::Exhausted { alias, attempts, last, skipped, .. } => {
                 let mut text = format!(
                     "all {} attempt(s) for `{alias}` failed; last: `{}` {}{}",
                     attempts.len(),
@@ -345,10 +364,24 @@ impl ProxyError {
         {
             headers.insert("x-switchyard-target", target);
         }
-        if let Self::Exhausted { last, .. } = &self
-            && let Some(delay) = last.retry_after()
-        {
-            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(delay.as_secs().max(1)));
+        // A 429 says when to come back: the upstream's `Retry-After`, else
+        // the reset of its (or the proxy's own) exhausted limit.
+        let (retry_after, limits) = match &self {
+            Self::Exhausted { last, rate_limits, .. } if status == StatusCode::TOO_MANY_REQUESTS => (
+                last.retry_after().or_else(|| rate_limits.as_ref().and_then(|l| l.retry_after())),
+                rate_limits.as_deref(),
+            ),
+            Self::Exhausted { last, .. } => (last.retry_after(), None),
+            Self::Throttled { limits, .. } => (limits.retry_after(), Some(&**limits)),
+            _ => (None, None),
+        };
+        if let Some(delay) = retry_after {
+            // Whole seconds, rounded up so that the client does not come back early.
+            let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        if let Some(limits) = limits {
+            limits.write(headers);
         }
         response
     }

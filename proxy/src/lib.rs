@@ -22,6 +22,7 @@ pub mod messages;
 pub mod metrics;
 pub mod mock;
 pub mod plan;
+pub mod ratelimit;
 pub mod request;
 pub mod server;
 pub mod source;

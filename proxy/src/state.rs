@@ -377,6 +377,15 @@ impl ProviderStats {
         Ok(())
     }
 
+    /// The proxy's own request limit once `requestsPerMinute` is reached: the
+    /// limit, none remaining, and the time until the next minute starts.
+    pub fn exhausted_minute(&self) -> Option<crate::ratelimit::RateLimits> {
+        let rpm = self.limits.requests_per_minute?;
+        let reset = Duration::from_millis(60_000 - now_ms() % 60_000);
+        let requests = crate::ratelimit::Window { limit: Some(u64::from(rpm)), remaining: Some(0), reset: Some(reset) };
+        Some(crate::ratelimit::RateLimits { requests, ..Default::default() })
+    }
+
     pub fn release(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }

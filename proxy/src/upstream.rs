@@ -7,6 +7,7 @@
 //! in process by [`crate::mock`].
 
 use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use routing::table::{Provider, ProviderKind, Target};
 
 use crate::errors::UpstreamError;
 use crate::mock::MockStream;
+use crate::ratelimit::RateLimits;
 use crate::request::{ApiRequest, Operation};
 use crate::sse;
 use crate::translate::anthropic::{self, AnthropicDefaults};
@@ -39,6 +41,8 @@ pub struct Call<'a> {
     pub request_id: &'a HeaderValue,
     /// The provider's prepared endpoint (`None` for `mock`).
     pub endpoint: Option<&'a Result<Endpoint, String>>,
+    /// Where the answer's rate-limit headers are put, when it has any.
+    pub rate_limits: &'a Mutex<Option<RateLimits>>,
 }
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -366,6 +370,9 @@ impl Upstreams {
         let response =
             self.client.request(request).await.map_err(|e| UpstreamError::Connect(describe_client_error(&e)))?;
         let (parts, incoming) = response.into_parts();
+        if let Some(limits) = RateLimits::from_headers(&parts.headers) {
+            *call.rate_limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(limits);
+        }
         if parts.status.is_success() {
             return Ok(incoming);
         }

@@ -5,9 +5,10 @@
 
 mod support;
 
+use proxy::ratelimit::parse_duration;
 use proxy::testing::{AnthropicBehaviour, FakeAnthropic, FakeOpenAi};
 use serde_json::{Value, json};
-use support::{Proxy, chat_body, http_provider, route_over, sse_data};
+use support::{Proxy, chat_body, http_provider, keyed_provider, route_over, sse_data};
 
 fn anthropic_provider(name: &str, base_url: &str, key: &str) -> String {
     format!(
@@ -309,5 +310,75 @@ async fn an_invalid_request_that_is_not_about_length_never_falls_back() {
     let error: Value = response.json().await.unwrap();
     assert_ne!(error["error"]["code"], "context_length_exceeded", "{error}");
     assert_eq!(fake.hits(), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn anthropic_rate_limit_headers_reach_an_openai_client_normalised() {
+    let fake = FakeAnthropic::start().await;
+    let manifests = anthropic_provider("claude", &fake.base_url(), "k-123") + ROUTE;
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    for stream in [false, true] {
+        let response = proxy.chat(&chat_body("chat", stream)).await;
+        assert_eq!(response.status(), 200);
+        let headers = response.headers();
+        assert_eq!(headers["x-ratelimit-limit-requests"], "4000");
+        assert_eq!(headers["x-ratelimit-remaining-requests"], "3999");
+        assert_eq!(headers["x-ratelimit-limit-tokens"], "2400000");
+        assert_eq!(headers["x-ratelimit-remaining-tokens"], "2400000");
+        // The fake resets in a second, as an RFC 3339 timestamp: OpenAI's
+        // clients get a duration string such as `412ms`.
+        for name in ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"] {
+            let reset = headers[name].to_str().unwrap();
+            let reset = parse_duration(reset).unwrap_or_else(|| panic!("{name}: {reset}"));
+            assert!(reset <= std::time::Duration::from_secs(1), "{name}: {reset:?}");
+        }
+        assert!(headers.keys().all(|name| !name.as_str().starts_with("anthropic-")), "{headers:?}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_429_after_retries_carries_retry_after_and_the_limits() {
+    let fake = FakeAnthropic::start().await;
+    let manifests = anthropic_provider("claude", &fake.base_url(), "k-123")
+        + &route_over(
+            "chat",
+            &["{name: claude, provider: claude, model: rate-limited}"],
+            "  retry: {attempts: 1, backoff: 1ms}\n",
+        );
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let response = proxy.chat(&chat_body("chat", false)).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(fake.hits(), 2, "retried once after the upstream's retry-after");
+    let headers = response.headers();
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+    assert!(parse_duration(headers["x-ratelimit-reset-requests"].to_str().unwrap()).is_some(), "{headers:?}");
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "rate_limit_exceeded", "{error}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn the_proxys_own_request_limit_answers_429_with_retry_after_and_limits() {
+    let fake = FakeAnthropic::start().await;
+    let manifests =
+        keyed_provider("claude", "anthropic", &fake.base_url(), "k-123", "  limits: {requestsPerMinute: 1}\n") + ROUTE;
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    assert_eq!(proxy.chat(&chat_body("chat", false)).await.status(), 200);
+    let response = proxy.chat(&chat_body("chat", false)).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(fake.hits(), 1, "the second request never reached the upstream");
+    let headers = response.headers();
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(headers["x-ratelimit-limit-requests"], "1");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+    let reset = parse_duration(headers["x-ratelimit-reset-requests"].to_str().unwrap()).unwrap();
+    assert!(reset <= std::time::Duration::from_secs(60), "{reset:?}");
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "rate_limit_error", "{error}");
+    assert_eq!(error["error"]["code"], "rate_limit_exceeded");
     proxy.stop().await;
 }
