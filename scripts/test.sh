@@ -21,6 +21,12 @@ if cargo tree -p proxy -e normal --locked | grep -E 'kube-(client|runtime)'; the
   exit 1
 fi
 
+step "the operator must not depend on the proxy"
+if cargo tree -p operator -e normal --locked | grep -E '^\S* ?proxy v|[ ─]proxy v'; then
+  echo "operator depends on the proxy crate: share types through routing instead" >&2
+  exit 1
+fi
+
 step "build the binaries the end-to-end tests start (switchyard-operator, switchyard-proxy)"
 cargo build --workspace --bins --locked
 
