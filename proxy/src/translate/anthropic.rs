@@ -841,16 +841,7 @@ pub fn messages_to_chat_at(response: &[u8], alias_model: &str, created: u64) -> 
             _ => {}
         }
     }
-    let mut reply = json!({
-        "role": "assistant",
-        "content": if saw_text { Value::String(text) } else { Value::Null },
-        "refusal": null,
-    });
-    if !tool_calls.is_empty()
-        && let Some(reply) = reply.as_object_mut()
-    {
-        reply.insert("tool_calls".into(), Value::Array(tool_calls));
-    }
+    let reply = super::assistant_message(saw_text.then_some(text), tool_calls);
     let mut usage = AnthropicUsage::default();
     usage.update(&message.usage);
     let model = if message.model.is_empty() { alias_model.to_owned() } else { message.model };
@@ -1217,17 +1208,12 @@ fn kind_of_type(error_type: &str) -> Option<ErrorKind> {
     })
 }
 
+/// Anthropic signals overload with 529, not 503.
 fn kind_of_status(status: u16) -> ErrorKind {
     match status {
-        400 | 413 | 422 => ErrorKind::InvalidRequest,
-        401 => ErrorKind::Authentication,
-        402 => ErrorKind::Billing,
-        403 => ErrorKind::Permission,
-        404 => ErrorKind::NotFound,
-        429 => ErrorKind::RateLimited,
         529 => ErrorKind::Overloaded,
-        408 | 409 | 500..=599 => ErrorKind::Server,
-        _ => ErrorKind::Other,
+        503 => ErrorKind::Server,
+        other => super::kind_of_status(other),
     }
 }
 

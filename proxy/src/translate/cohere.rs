@@ -403,16 +403,7 @@ pub fn cohere_to_chat_at(answer: &[u8], model: &str, created: u64) -> Result<Val
         saw_text = true;
     }
     let reason = finish_reason(answer.get("finish_reason").and_then(Value::as_str), !calls.is_empty())?;
-    let mut out_message = json!({
-        "role": "assistant",
-        "content": if saw_text { Value::String(text) } else { Value::Null },
-        "refusal": null,
-    });
-    if !calls.is_empty()
-        && let Some(object) = out_message.as_object_mut()
-    {
-        object.insert("tool_calls".into(), Value::Array(calls));
-    }
+    let out_message = super::assistant_message(saw_text.then_some(text), calls);
     let id = answer.get("id").and_then(Value::as_str).unwrap_or_default();
     Ok(json!({
         "id": format!("chatcmpl-{id}"),

@@ -799,15 +799,8 @@ pub fn gemini_to_chat_at(response: &[u8], model: &str, created: u64) -> Result<V
                 saw_text = true;
             }
         }
-        let mut message = json!({
-            "role": "assistant",
-            "content": if saw_text { Value::String(text) } else { Value::Null },
-            "refusal": null,
-        });
         let saw_call = !tool_calls.is_empty();
-        if saw_call && let Some(message) = message.as_object_mut() {
-            message.insert("tool_calls".into(), Value::Array(tool_calls));
-        }
+        let message = super::assistant_message(saw_text.then_some(text), tool_calls);
         choices.push(json!({
             "index": candidate.index.unwrap_or(position as u64),
             "message": message,

@@ -275,6 +275,22 @@ pub(crate) fn kind_of_status(status: u16) -> ErrorKind {
     }
 }
 
+/// An OpenAI `chat.completion` assistant message: `content` is the text when
+/// the answer had any (else `null`), `tool_calls` only when there are some.
+pub(crate) fn assistant_message(text: Option<String>, tool_calls: Vec<Value>) -> Value {
+    let mut message = json!({
+        "role": "assistant",
+        "content": text.map_or(Value::Null, Value::String),
+        "refusal": null,
+    });
+    if !tool_calls.is_empty()
+        && let Some(object) = message.as_object_mut()
+    {
+        object.insert("tool_calls".into(), Value::Array(tool_calls));
+    }
+    message
+}
+
 /// The message for an error body without the provider's shape:
 /// `<provider> answered HTTP <status>` and the start of the body, whitespace
 /// collapsed.
