@@ -55,8 +55,12 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_stops() {
     let instances = |events: &[Value]| -> Vec<String> {
         events.iter().filter_map(|e| e["reportingInstance"].as_str().map(str::to_owned)).collect()
     };
-    let reporters = instances(&env.events().await);
-    assert!(reporters.iter().any(|r| r == "operator-1"), "no Event from the leader: {reporters:?}");
+    // The Event is recorded after the status write: wait for it.
+    let reporters = eventually("an Event from the leader", CONVERGE, || async {
+        let reporters = instances(&env.events().await);
+        if reporters.iter().any(|r| r == "operator-1") { Ok(reporters) } else { Err(format!("{reporters:?}")) }
+    })
+    .await;
     assert!(!reporters.iter().any(|r| r == "operator-2"), "the standby recorded Events: {reporters:?}");
 
     // SIGTERM: the leader releases the Lease and the standby takes over without waiting it out.
