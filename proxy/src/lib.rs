@@ -15,6 +15,7 @@ pub mod admin;
 pub mod app;
 pub mod args;
 pub mod chat;
+pub mod client;
 pub mod cluster;
 pub mod cost;
 pub mod errors;

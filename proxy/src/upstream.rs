@@ -11,16 +11,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{HeaderMap, HeaderValue};
 use routing::Redacted;
 use routing::table::{Provider, ProviderKind, Target};
 
+use crate::client::{self, Client, ClientError};
 use crate::errors::UpstreamError;
 use crate::mock::MockStream;
 use crate::ratelimit::RateLimits;
@@ -47,6 +42,8 @@ pub struct Call<'a> {
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 const ANTHROPIC_VERSION: http::HeaderName = http::HeaderName::from_static("anthropic-version");
+static EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
+static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// A successful answer's head: a whole JSON body, or events still to come.
 pub enum Reply {
@@ -137,34 +134,20 @@ fn parse_uri(url: &str) -> Result<http::Uri, String> {
     url.parse().map_err(|e| format!("`{url}` is not a usable URL: {e}"))
 }
 
-/// The HTTP client shared by all attempts (connection pooling per origin).
-#[derive(Clone)]
+/// The HTTP client shared by all attempts (connection pooling per origin,
+/// see [`crate::client`]).
+#[derive(Clone, Default)]
 pub struct Upstreams {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-}
-
-impl Default for Upstreams {
-    fn default() -> Self {
-        Self::new()
-    }
+    client: Client,
 }
 
 impl Upstreams {
     pub fn new() -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(https);
+        Self::default()
+    }
+
+    /// Upstreams reached through `client` (tests: one that trusts a test CA).
+    pub fn with_client(client: Client) -> Self {
         Self { client }
     }
 
@@ -352,38 +335,31 @@ impl Upstreams {
         uri: Option<http::Uri>,
         body: Vec<u8>,
         error_body: impl FnOnce(u16, Bytes) -> (Bytes, Option<Duration>),
-    ) -> Result<Incoming, UpstreamError> {
+    ) -> Result<client::Body, UpstreamError> {
         let endpoint = endpoint(call)?;
-        let mut request = Request::new(Full::new(Bytes::from(body)));
-        *request.method_mut() = Method::POST;
-        let Some(uri) = uri.or_else(|| endpoint.chat_uri.clone()) else {
+        let Some(uri) = uri.as_ref().or(endpoint.chat_uri.as_ref()) else {
             return Err(UpstreamError::Misconfigured("no URL for this provider".into()));
         };
-        *request.uri_mut() = uri;
-        let headers = request.headers_mut();
-        *headers = endpoint.headers.clone();
-        headers.insert(X_REQUEST_ID, call.request_id.clone());
-        headers.insert(
-            http::header::ACCEPT,
-            HeaderValue::from_static(if call.stream { "text/event-stream" } else { "application/json" }),
-        );
-        let response =
-            self.client.request(request).await.map_err(|e| UpstreamError::Connect(describe_client_error(&e)))?;
-        let (parts, incoming) = response.into_parts();
-        if let Some(limits) = RateLimits::from_headers(&parts.headers) {
+        let accept = if call.stream { &EVENT_STREAM } else { &APPLICATION_JSON };
+        let extra = [(X_REQUEST_ID, call.request_id), (http::header::ACCEPT, accept)];
+        let response = self.client.post(uri, &endpoint.headers, &extra, &body).await.map_err(|e| match e {
+            ClientError::Protocol(message) => UpstreamError::Protocol(message),
+            ClientError::Connect(message) | ClientError::Broken(message) => UpstreamError::Connect(message),
+        })?;
+        if let Some(limits) = RateLimits::from_headers(&response.headers) {
             *call.rate_limits.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(limits);
         }
-        if parts.status.is_success() {
-            return Ok(incoming);
+        if (200..300).contains(&response.status) {
+            return Ok(response.body);
         }
-        let status = parts.status.as_u16();
-        let body = incoming.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let status = response.status;
+        let body = response.body.bytes().await.unwrap_or_default();
         let (body, delay_in_body) = error_body(status, body);
         Err(UpstreamError::Status {
             status,
             body: scrub(body, call.api_key),
-            retry_after: retry_after(&parts.headers).or(delay_in_body),
-            should_retry: parts
+            retry_after: retry_after(&response.headers).or(delay_in_body),
+            should_retry: response
                 .headers
                 .get("x-should-retry")
                 .and_then(|v| v.to_str().ok())
@@ -398,7 +374,7 @@ impl Upstreams {
 /// handler strips it when the client did not ask for it, as for OpenAI.
 async fn translated_reply(
     call: &Call<'_>,
-    incoming: Incoming,
+    incoming: client::Body,
     stream: impl FnOnce() -> Box<dyn ChunkTranslator>,
     to_chat: impl FnOnce(&[u8]) -> Result<serde_json::Value, TranslateError>,
 ) -> Result<Reply, UpstreamError> {
@@ -457,9 +433,8 @@ fn endpoint<'a>(call: &Call<'a>) -> Result<&'a Endpoint, UpstreamError> {
     }
 }
 
-async fn read_all(incoming: Incoming) -> Result<Bytes, UpstreamError> {
-    let body = incoming.collect().await.map_err(|e| UpstreamError::StreamBroken(format!("reading the body: {e}")))?;
-    Ok(body.to_bytes())
+async fn read_all(body: client::Body) -> Result<Bytes, UpstreamError> {
+    body.bytes().await.map_err(|e| UpstreamError::StreamBroken(format!("reading the body: {e}")))
 }
 
 /// What a failed translation means for the request: the client's mistake
@@ -499,17 +474,6 @@ fn scrub(body: Bytes, key: Option<&Redacted>) -> Bytes {
     if text.contains(key) { Bytes::from(text.replace(key, "*****")) } else { body }
 }
 
-fn describe_client_error(error: &hyper_util::client::legacy::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
-}
-
 /// `retry-after-ms`, then `retry-after` in (possibly fractional) seconds.
 /// An HTTP-date `retry-after` is treated as absent; the backoff applies.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -521,19 +485,15 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// The next server-sent event of a response body; `None` at its end.
-async fn next_sse(body: &mut Incoming, parser: &mut sse::Parser) -> Option<Result<sse::Event, UpstreamError>> {
+async fn next_sse(body: &mut client::Body, parser: &mut sse::Parser) -> Option<Result<sse::Event, UpstreamError>> {
     loop {
         if let Some(event) = parser.next_event() {
             return Some(Ok(event));
         }
-        match body.frame().await {
+        match body.chunk().await {
             None => return None,
             Some(Err(e)) => return Some(Err(UpstreamError::StreamBroken(e.to_string()))),
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    parser.push(data);
-                }
-            }
+            Some(Ok(data)) => parser.push(&data),
         }
     }
 }
@@ -596,12 +556,12 @@ impl ChunkTranslator for cohere::CohereStreamTranslator {
 pub enum Events {
     /// OpenAI-shaped events, passed on as they are.
     Http {
-        body: Incoming,
+        body: client::Body,
         parser: sse::Parser,
     },
     /// A provider's own events, translated into OpenAI chunks as they arrive.
     Translated {
-        body: Incoming,
+        body: client::Body,
         parser: sse::Parser,
         translator: Box<dyn ChunkTranslator>,
         ready: VecDeque<String>,
@@ -611,11 +571,11 @@ pub enum Events {
 }
 
 impl Events {
-    fn http(body: Incoming) -> Self {
+    fn http(body: client::Body) -> Self {
         Self::Http { body, parser: sse::Parser::default() }
     }
 
-    fn translated(body: Incoming, translator: Box<dyn ChunkTranslator>) -> Self {
+    fn translated(body: client::Body, translator: Box<dyn ChunkTranslator>) -> Self {
         Self::Translated { body, parser: sse::Parser::default(), translator, ready: VecDeque::new(), ended: false }
     }
 

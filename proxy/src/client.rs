@@ -1,0 +1,778 @@
+//! The HTTP/1.1 client the proxy calls providers with.
+//!
+//! Why not hyper's pooled client: it drives every connection from a task of
+//! its own, so each request crosses a channel to that task and back and
+//! takes a lock and a hash lookup in the pool. Here the request's own task
+//! checks a connection out of the pool, writes the request on it, reads the
+//! answer and puts the connection back once the body has been read to its
+//! end; a body dropped before its end closes the connection, which is how a
+//! client that goes away cancels the upstream request. Parsing is
+//! `httparse`'s, the parser hyper itself uses.
+//!
+//! - Plain TCP or TLS (rustls, ALPN `http/1.1`, the webpki roots).
+//! - Bodies framed by `content-length`, `transfer-encoding: chunked`, or the
+//!   end of the connection; interim `1xx` answers are skipped.
+//! - Idle connections are kept per origin (most recently used first) for
+//!   [`IDLE_TIMEOUT`]. One the upstream has closed in the meantime is noticed
+//!   at checkout from the runtime's readiness state, which costs a system
+//!   call only when the socket has become readable while idle.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// How long an unused connection is kept.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per origin.
+const MAX_IDLE_PER_ORIGIN: usize = 256;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest response head accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEADERS: usize = 128;
+/// Bodies up to this size are copied behind the head and written in one go.
+const COPY_BODY_BELOW: usize = 16 * 1024;
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No answer arrived: the connection could not be made, or broke before
+    /// the first byte of the answer.
+    #[error("{0}")]
+    Connect(String),
+    /// The answer broke off after it had begun.
+    #[error("{0}")]
+    Broken(String),
+    /// The answer is not valid HTTP/1.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// A response head and its body, still to be read.
+pub struct Response {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Body,
+}
+
+/// The shared client: cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Idle connections by authority (`host:port` as the URL spells it).
+    idle: Mutex<HashMap<Box<str>, Idle>>,
+    tls: TlsConnector,
+}
+
+/// Connections are boxed so that a body (which holds one) stays small and
+/// moving one in and out of the pool copies a pointer.
+#[derive(Default)]
+#[allow(clippy::vec_box)]
+struct Idle {
+    plain: Vec<Box<Conn>>,
+    tls: Vec<Box<Conn>>,
+}
+
+#[allow(clippy::vec_box)]
+impl Idle {
+    fn list(&mut self, tls: bool) -> &mut Vec<Box<Conn>> {
+        if tls { &mut self.tls } else { &mut self.plain }
+    }
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Client {
+    /// A client that trusts the webpki roots.
+    pub fn new() -> Self {
+        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        Self::with_roots(roots)
+    }
+
+    /// A client that trusts `roots` only.
+    pub fn with_roots(roots: rustls::RootCertStore) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        #[allow(clippy::expect_used)]
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = TlsConnector::from(Arc::new(config));
+        Self { inner: Arc::new(Inner { idle: Mutex::default(), tls }) }
+    }
+
+    /// POSTs `body` to `uri` with `headers` (a name in `extra` replaces the
+    /// same name in `headers`); `host` and `content-length` are added.
+    /// Returns once the response head has arrived. Dropping the future, or
+    /// the response's body before its end, closes the connection.
+    pub async fn post(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        extra: &[(HeaderName, &HeaderValue)],
+        body: &[u8],
+    ) -> Result<Response, ClientError> {
+        let origin = Origin::of(uri)?;
+        let head = request_head(uri, origin.authority, headers, extra, body.len());
+        let mut conn = match self.inner.checkout(&origin) {
+            Some(conn) => conn,
+            None => self.connect(&origin).await?,
+        };
+        let sent = if body.len() < COPY_BODY_BELOW {
+            let mut whole = head;
+            whole.extend_from_slice(body);
+            conn.io.write_all(&whole).await
+        } else {
+            conn.io.write_all_buf(&mut Buf::chain(head.as_slice(), body)).await
+        };
+        let sent = match sent {
+            Ok(()) => conn.io.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            return Err(ClientError::Connect(conn.describe("sending the request", &e)));
+        }
+        let (status, headers, framing, keep_alive) = read_head(&mut conn).await?;
+        let reusable = keep_alive && !matches!(framing, Framing::UntilClose);
+        Ok(Response { status, headers, body: Body { conn: Some(conn), framing, reusable, pool: self.inner.clone() } })
+    }
+
+    async fn connect(&self, origin: &Origin<'_>) -> Result<Box<Conn>, ClientError> {
+        let address = origin.authority;
+        let connecting = TcpStream::connect((origin.host, origin.port));
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return Err(ClientError::Connect(format!("cannot connect to {address}: {e}"))),
+            Err(_) => {
+                return Err(ClientError::Connect(format!(
+                    "cannot connect to {address}: no answer within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let io = if origin.tls {
+            let name = ServerName::try_from(origin.host.trim_start_matches('[').trim_end_matches(']').to_owned())
+                .map_err(|e| ClientError::Connect(format!("`{}` is not a name TLS can verify: {e}", origin.host)))?;
+            let handshake = self.inner.tls.connect(name, tcp);
+            match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+                Ok(Ok(tls)) => Io::Tls(Box::new(tls)),
+                Ok(Err(e)) => return Err(ClientError::Connect(format!("TLS handshake with {address} failed: {e}"))),
+                Err(_) => return Err(ClientError::Connect(format!("TLS handshake with {address} timed out"))),
+            }
+        } else {
+            Io::Plain(tcp)
+        };
+        Ok(Box::new(Conn {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            key: address.into(),
+            tls: origin.tls,
+            reused: false,
+            idle_since: Instant::now(),
+        }))
+    }
+
+    /// Idle connections kept for `authority` (tests).
+    pub fn idle_connections(&self, authority: &str) -> usize {
+        let idle = self.inner.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.get(authority).map_or(0, |i| i.plain.len() + i.tls.len())
+    }
+}
+
+impl Inner {
+    /// The most recently used idle connection that still looks usable.
+    fn checkout(&self, origin: &Origin<'_>) -> Option<Box<Conn>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = idle.get_mut(origin.authority)?.list(origin.tls);
+        while let Some(mut conn) = list.pop() {
+            if conn.idle_since.elapsed() < IDLE_TIMEOUT && conn.looks_open() {
+                conn.reused = true;
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, conn: Box<Conn>) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = match idle.get_mut(&*conn.key) {
+            Some(entry) => entry.list(conn.tls),
+            None => idle.entry(conn.key.clone()).or_default().list(conn.tls),
+        };
+        // Drop connections that idled out: the oldest are at the front.
+        let expired = list.iter().take_while(|c| c.idle_since.elapsed() >= IDLE_TIMEOUT).count();
+        list.drain(..expired);
+        if list.len() < MAX_IDLE_PER_ORIGIN {
+            list.push(conn);
+        }
+    }
+}
+
+/// Where a URL points.
+struct Origin<'a> {
+    tls: bool,
+    /// As the URL spells it: the `host` header and the pool's key.
+    authority: &'a str,
+    host: &'a str,
+    port: u16,
+}
+
+impl<'a> Origin<'a> {
+    fn of(uri: &'a Uri) -> Result<Self, ClientError> {
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(ClientError::Connect(format!("`{uri}` is not an http:// or https:// URL"))),
+        };
+        let Some(authority) = uri.authority() else {
+            return Err(ClientError::Connect(format!("`{uri}` has no host")));
+        };
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(Self { tls, authority: authority.as_str(), host: authority.host(), port })
+    }
+}
+
+fn request_head(
+    uri: &Uri,
+    authority: &str,
+    headers: &HeaderMap,
+    extra: &[(HeaderName, &HeaderValue)],
+    length: usize,
+) -> Vec<u8> {
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut head = Vec::with_capacity(256 + length.min(COPY_BODY_BELOW));
+    head.extend_from_slice(b"POST ");
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    head.extend_from_slice(authority.as_bytes());
+    head.extend_from_slice(b"\r\n");
+    let mut line = |name: &HeaderName, value: &HeaderValue| {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    };
+    let framing = |name: &HeaderName| {
+        name == http::header::HOST || name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING
+    };
+    for (name, value) in headers {
+        if !framing(name) && !extra.iter().any(|(n, _)| n == name) {
+            line(name, value);
+        }
+    }
+    for (name, value) in extra {
+        if !framing(name) {
+            line(name, value);
+        }
+    }
+    head.extend_from_slice(b"content-length: ");
+    head.extend_from_slice(length.to_string().as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
+    head
+}
+
+/// Reads the response head (skipping interim `1xx` answers): the status,
+/// the headers, how the body is framed, and whether the connection may be
+/// reused after it.
+async fn read_head(conn: &mut Conn) -> Result<(u16, HeaderMap, Framing, bool), ClientError> {
+    loop {
+        if !conn.buf.is_empty() {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut slots);
+            match parsed.parse(&conn.buf) {
+                Ok(httparse::Status::Complete(length)) => {
+                    let status = parsed.code.unwrap_or_default();
+                    let version = parsed.version.unwrap_or_default();
+                    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+                    for header in parsed.headers.iter() {
+                        let name = HeaderName::from_bytes(header.name.as_bytes());
+                        let value = HeaderValue::from_bytes(header.value);
+                        if let (Ok(name), Ok(value)) = (name, value) {
+                            headers.append(name, value);
+                        }
+                    }
+                    conn.buf.advance(length);
+                    if (100..200).contains(&status) {
+                        if status == 101 {
+                            return Err(ClientError::Protocol("the upstream switched protocols (101)".into()));
+                        }
+                        continue;
+                    }
+                    let framing = framing(status, &headers)?;
+                    let keep_alive = keep_alive(version, &headers);
+                    return Ok((status, headers, framing, keep_alive));
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => return Err(ClientError::Protocol(format!("the upstream's answer is not valid HTTP/1: {e}"))),
+            }
+            if conn.buf.len() > MAX_HEAD_BYTES {
+                return Err(ClientError::Protocol(format!(
+                    "the upstream's response head is larger than {MAX_HEAD_BYTES} bytes"
+                )));
+            }
+        }
+        let before = conn.buf.len();
+        match conn.fill().await {
+            Ok(0) if before == 0 => {
+                let when = if conn.reused { "an idle connection was closed by the upstream" } else { "" };
+                let message = format!("the upstream closed the connection before answering{}", suffix(when));
+                return Err(ClientError::Connect(message));
+            }
+            Ok(0) => {
+                return Err(ClientError::Broken("the upstream closed the connection inside the response head".into()));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let message = conn.describe("reading the response", &e);
+                return Err(if before == 0 { ClientError::Connect(message) } else { ClientError::Broken(message) });
+            }
+        }
+    }
+}
+
+fn suffix(text: &str) -> String {
+    if text.is_empty() { String::new() } else { format!(" ({text})") }
+}
+
+/// RFC 9112 §6.3, for the answer to a POST.
+fn framing(status: u16, headers: &HeaderMap) -> Result<Framing, ClientError> {
+    if status == 204 || status == 304 {
+        return Ok(Framing::Length(0));
+    }
+    if let Some(codings) = headers.get_all(http::header::TRANSFER_ENCODING).iter().next_back() {
+        let last = codings.to_str().ok().and_then(|v| v.rsplit(',').next()).map(str::trim);
+        return Ok(if last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+            Framing::Chunked(Chunked::Size)
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length = None;
+    for value in &headers.get_all(http::header::CONTENT_LENGTH) {
+        for part in value.to_str().unwrap_or_default().split(',') {
+            let parsed = part.trim().parse::<u64>().ok();
+            match (parsed, length) {
+                (None, _) => return Err(ClientError::Protocol("the upstream sent an invalid content-length".into())),
+                (Some(n), Some(seen)) if n != seen => {
+                    return Err(ClientError::Protocol("the upstream sent conflicting content-lengths".into()));
+                }
+                (Some(n), _) => length = Some(n),
+            }
+        }
+    }
+    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+}
+
+fn keep_alive(version: u8, headers: &HeaderMap) -> bool {
+    let has = |token: &str| {
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if version >= 1 { !has("close") } else { has("keep-alive") }
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(tcp) => tcp.is_write_vectored(),
+            Io::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One connection and the bytes read from it but not yet used.
+struct Conn {
+    io: Io,
+    buf: BytesMut,
+    key: Box<str>,
+    tls: bool,
+    /// Taken from the pool (a failure before the answer may mean the
+    /// upstream closed it while it was idle).
+    reused: bool,
+    idle_since: Instant,
+}
+
+impl Conn {
+    async fn fill(&mut self) -> io::Result<usize> {
+        self.buf.reserve(READ_CHUNK);
+        self.io.read_buf(&mut self.buf).await
+    }
+
+    /// Whether the idle connection can take a request: nothing arrived on it
+    /// since its last answer. The runtime's readiness state says so without
+    /// a system call; only a socket that became readable is peeked at (end
+    /// of stream: closed; bytes on a plain connection: garbage; bytes on a
+    /// TLS connection may be a session ticket, which rustls reads later).
+    fn looks_open(&self) -> bool {
+        let tcp = match &self.io {
+            Io::Plain(tcp) => tcp,
+            Io::Tls(tls) => tls.get_ref().0,
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut peek = ReadBuf::new(&mut byte);
+        match tcp.poll_peek(&mut cx, &mut peek) {
+            Poll::Pending => true,
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(_)) => self.tls,
+        }
+    }
+
+    fn describe(&self, doing: &str, error: &io::Error) -> String {
+        let when = if self.reused { "on a reused connection" } else { "" };
+        format!("{doing} to {}: {error}{}", self.key, suffix(when))
+    }
+}
+
+/// How the body ends.
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunked),
+    /// The upstream closes the connection after it.
+    UntilClose,
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Clone, Copy)]
+enum Chunked {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk: this many data bytes left, then CRLF.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty one.
+    Trailers,
+}
+
+/// A response body being read from its connection.
+pub struct Body {
+    /// `None` once the body has ended.
+    conn: Option<Box<Conn>>,
+    framing: Framing,
+    reusable: bool,
+    pool: Arc<Inner>,
+}
+
+impl Body {
+    /// The next piece of the body; `None` at its end.
+    pub async fn chunk(&mut self) -> Option<Result<Bytes, ClientError>> {
+        loop {
+            let conn = self.conn.as_mut()?;
+            match step(&mut self.framing, &mut conn.buf) {
+                Err(e) => {
+                    self.conn = None;
+                    return Some(Err(e));
+                }
+                Ok(Step::Data(data)) => {
+                    // The last bytes of a sized body: release the connection now,
+                    // a reader that stops at the data need not ask again.
+                    if matches!(self.framing, Framing::Length(0)) {
+                        self.end();
+                    }
+                    return Some(Ok(data));
+                }
+                Ok(Step::End) => {
+                    self.end();
+                    return None;
+                }
+                Ok(Step::More) => {}
+            }
+            match conn.fill().await {
+                Ok(0) if matches!(self.framing, Framing::UntilClose) => {
+                    self.conn = None;
+                    return None;
+                }
+                Ok(0) => {
+                    self.conn = None;
+                    return Some(Err(ClientError::Broken("the upstream closed the connection inside the body".into())));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let message = conn.describe("reading the body", &e);
+                    self.conn = None;
+                    return Some(Err(ClientError::Broken(message)));
+                }
+            }
+        }
+    }
+
+    /// The whole body.
+    pub async fn bytes(mut self) -> Result<Bytes, ClientError> {
+        // The common case: the whole body arrived with the head.
+        if let (Framing::Length(n), Some(conn)) = (&self.framing, &mut self.conn)
+            && let Ok(n) = usize::try_from(*n)
+            && conn.buf.len() >= n
+        {
+            let body = conn.buf.split_to(n).freeze();
+            self.framing = Framing::Length(0);
+            self.end();
+            return Ok(body);
+        }
+        let mut all = BytesMut::new();
+        while let Some(piece) = self.chunk().await {
+            all.extend_from_slice(&piece?);
+        }
+        Ok(all.freeze())
+    }
+
+    /// The body was read to its end: the connection goes back to the pool
+    /// when HTTP allows it and nothing else arrived behind the answer.
+    fn end(&mut self) {
+        if let Some(mut conn) = self.conn.take()
+            && self.reusable
+            && conn.buf.is_empty()
+        {
+            conn.idle_since = Instant::now();
+            self.pool.put(conn);
+        }
+    }
+}
+
+enum Step {
+    Data(Bytes),
+    /// More bytes are needed.
+    More,
+    End,
+}
+
+/// Decodes what `buf` holds of the body.
+fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, ClientError> {
+    match framing {
+        Framing::Length(0) => Ok(Step::End),
+        Framing::Length(left) => {
+            if buf.is_empty() {
+                return Ok(Step::More);
+            }
+            let take = usize::try_from(*left).map_or(buf.len(), |left| left.min(buf.len()));
+            *left -= take as u64;
+            Ok(Step::Data(buf.split_to(take).freeze()))
+        }
+        Framing::UntilClose => {
+            if buf.is_empty() {
+                Ok(Step::More)
+            } else {
+                Ok(Step::Data(buf.split().freeze()))
+            }
+        }
+        Framing::Chunked(state) => loop {
+            match *state {
+                Chunked::Size => {
+                    let Some(line) = take_line(buf)? else { return Ok(Step::More) };
+                    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+                    let digits = std::str::from_utf8(digits).unwrap_or_default().trim();
+                    let size = u64::from_str_radix(digits, 16)
+                        .map_err(|_| ClientError::Protocol("the upstream sent an invalid chunk size".into()))?;
+                    *state = if size == 0 { Chunked::Trailers } else { Chunked::Data(size) };
+                }
+                Chunked::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    let take = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
+                    let rest = left - take as u64;
+                    *state = if rest == 0 { Chunked::DataEnd } else { Chunked::Data(rest) };
+                    return Ok(Step::Data(buf.split_to(take).freeze()));
+                }
+                Chunked::DataEnd => {
+                    let Some(line) = take_line(buf)? else { return Ok(Step::More) };
+                    if !line.is_empty() {
+                        return Err(ClientError::Protocol("the upstream's chunk is longer than its size".into()));
+                    }
+                    *state = Chunked::Size;
+                }
+                Chunked::Trailers => {
+                    let Some(line) = take_line(buf)? else { return Ok(Step::More) };
+                    if line.is_empty() {
+                        *framing = Framing::Length(0);
+                        return Ok(Step::End);
+                    }
+                }
+            }
+        },
+    }
+}
+
+/// One CRLF-terminated line, without its end; `None` until it is complete.
+fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, ClientError> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(end) => {
+            let mut line = buf.split_to(end + 1).freeze();
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(end - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buf.len() > 4096 => Err(ClientError::Protocol("the upstream sent an overlong chunk line".into())),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(framing: Framing, wire: &[&[u8]]) -> Result<(Vec<u8>, bool), ClientError> {
+        let mut framing = framing;
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in wire {
+            buf.extend_from_slice(piece);
+            loop {
+                match step(&mut framing, &mut buf)? {
+                    Step::Data(data) => out.extend_from_slice(&data),
+                    Step::More => break,
+                    Step::End => return Ok((out, true)),
+                }
+            }
+        }
+        Ok((out, false))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_any_split() {
+        let wire: &[u8] = b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\n";
+        for cut in 0..wire.len() {
+            let (body, ended) = decode(Framing::Chunked(Chunked::Size), &[&wire[..cut], &wire[cut..]]).unwrap();
+            assert_eq!(body, b"hello, world", "cut at {cut}");
+            assert!(ended, "cut at {cut}");
+        }
+        // Byte by byte.
+        let pieces: Vec<&[u8]> = wire.chunks(1).collect();
+        assert_eq!(decode(Framing::Chunked(Chunked::Size), &pieces).unwrap(), (b"hello, world".to_vec(), true));
+    }
+
+    #[test]
+    fn a_chunked_body_without_its_last_chunk_has_not_ended() {
+        let (body, ended) = decode(Framing::Chunked(Chunked::Size), &[b"5\r\nhello\r\n"]).unwrap();
+        assert_eq!(body, b"hello");
+        assert!(!ended);
+    }
+
+    #[test]
+    fn bad_chunk_framing_is_a_protocol_error() {
+        assert!(decode(Framing::Chunked(Chunked::Size), &[b"zz\r\n"]).is_err());
+        assert!(decode(Framing::Chunked(Chunked::Size), &[b"2\r\nabc\r\n"]).is_err());
+    }
+
+    #[test]
+    fn a_length_body_ends_at_its_length() {
+        let (body, ended) = decode(Framing::Length(5), &[b"hel", b"lo"]).unwrap();
+        assert_eq!((body.as_slice(), ended), (&b"hello"[..], true));
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let chunked = headers(&[("transfer-encoding", "gzip, chunked"), ("content-length", "10")]);
+        assert!(matches!(framing(200, &chunked), Ok(Framing::Chunked(_))));
+        assert!(matches!(framing(200, &headers(&[("transfer-encoding", "gzip")])), Ok(Framing::UntilClose)));
+        assert!(matches!(framing(200, &headers(&[("content-length", "12")])), Ok(Framing::Length(12))));
+        assert!(matches!(framing(200, &headers(&[("content-length", "12, 12")])), Ok(Framing::Length(12))));
+        assert!(framing(200, &headers(&[("content-length", "12, 13")])).is_err());
+        assert!(framing(200, &headers(&[("content-length", "-1")])).is_err());
+        assert!(matches!(framing(204, &headers(&[("content-length", "12")])), Ok(Framing::Length(0))));
+        assert!(matches!(framing(200, &HeaderMap::new()), Ok(Framing::UntilClose)));
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection_header() {
+        assert!(keep_alive(1, &HeaderMap::new()));
+        assert!(!keep_alive(1, &headers(&[("connection", "Close")])));
+        assert!(!keep_alive(0, &HeaderMap::new()));
+        assert!(keep_alive(0, &headers(&[("connection", "keep-alive")])));
+    }
+
+    #[test]
+    fn the_request_head_carries_host_length_and_replaced_headers() {
+        let uri: Uri = "http://127.0.0.1:8000/v1/chat/completions?x=1".parse().unwrap();
+        let fixed = headers(&[("accept", "text/plain"), ("authorization", "Bearer k"), ("content-length", "99")]);
+        let json = HeaderValue::from_static("application/json");
+        let head = request_head(&uri, "127.0.0.1:8000", &fixed, &[(http::header::ACCEPT, &json)], 12);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: 127.0.0.1:8000\r\nauthorization: Bearer k\r\n\
+             accept: application/json\r\ncontent-length: 12\r\n\r\n"
+        );
+    }
+}

@@ -1,0 +1,318 @@
+//! The upstream HTTP/1.1 client against raw servers on loopback: framing,
+//! connection reuse, connections the server closed while idle, cancellation
+//! and TLS.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failed step should panic")]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use proxy::client::{Client, ClientError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// What a test server does with one request on a connection: the bytes to
+/// answer with, and whether to close the connection afterwards.
+type Script = Arc<dyn Fn(usize, &str) -> (Vec<Vec<u8>>, bool) + Send + Sync>;
+
+struct Server {
+    addr: std::net::SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    /// Each request head as received.
+    heads: mpsc::UnboundedReceiver<String>,
+    /// A message per connection that ended (the client closed it).
+    closed: mpsc::UnboundedReceiver<usize>,
+}
+
+impl Server {
+    async fn start(script: Script) -> Server {
+        Self::start_with(script, None).await
+    }
+
+    async fn start_with(script: Script, tls: Option<tokio_rustls::TlsAcceptor>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (heads_tx, heads) = mpsc::unbounded_channel();
+        let (closed_tx, closed) = mpsc::unbounded_channel();
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let number = count.fetch_add(1, Ordering::SeqCst);
+                let (script, heads, closed, tls) = (script.clone(), heads_tx.clone(), closed_tx.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        Some(acceptor) => serve(acceptor.accept(tcp).await.unwrap(), number, script, heads).await,
+                        None => serve(tcp, number, script, heads).await,
+                    }
+                    let _ = closed.send(number);
+                });
+            }
+        });
+        Server { addr, accepted, heads, closed }
+    }
+
+    fn uri(&self, scheme: &str) -> Uri {
+        format!("{scheme}://{}/v1/chat/completions", self.addr).parse().unwrap()
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Reads requests (head, then `content-length` bytes of body) and answers
+/// each as the script says, until the client closes or the script asks to.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    connection: usize,
+    script: Script,
+    heads: mpsc::UnboundedSender<String>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut piece = [0u8; 4096];
+            match io.read(&mut piece).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&piece[..n]),
+            }
+        };
+        let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+        let length: usize =
+            head.lines().find_map(|l| l.strip_prefix("content-length: ")).map_or(0, |v| v.trim().parse().unwrap());
+        while buf.len() < head_end + length {
+            let mut piece = [0u8; 4096];
+            match io.read(&mut piece).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&piece[..n]),
+            }
+        }
+        let body = String::from_utf8(buf[head_end..head_end + length].to_vec()).unwrap();
+        buf.drain(..head_end + length);
+        let _ = heads.send(format!("{head}{body}"));
+        let (pieces, close) = script(connection, &body);
+        for piece in pieces {
+            if io.write_all(&piece).await.is_err() {
+                return;
+            }
+            io.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if close {
+            let _ = io.shutdown().await;
+            return;
+        }
+    }
+}
+
+fn ok(body: &str) -> Vec<u8> {
+    format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+        .into_bytes()
+}
+
+fn headers() -> HeaderMap {
+    let mut map = HeaderMap::new();
+    map.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer sk-test"));
+    map.insert(http::header::ACCEPT, HeaderValue::from_static("text/plain"));
+    map
+}
+
+async fn post(client: &Client, uri: &Uri, body: &str) -> Result<(u16, HeaderMap, Vec<u8>), ClientError> {
+    let accept = HeaderValue::from_static("application/json");
+    let extra = [(http::header::ACCEPT, &accept), (HeaderName::from_static("x-request-id"), &accept)];
+    let response = client.post(uri, &headers(), &extra, body.as_bytes()).await?;
+    let bytes = response.body.bytes().await?;
+    Ok((response.status, response.headers, bytes.to_vec()))
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_connection_and_send_the_exact_head() {
+    let mut server = Server::start(Arc::new(|_, body| (vec![ok(&format!("{{\"echo\":{body}}}"))], false))).await;
+    let client = Client::new();
+    let uri = server.uri("http");
+    for i in 0..5 {
+        let (status, headers, body) = post(&client, &uri, &format!("{i}")).await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(headers["content-type"], "application/json");
+        assert_eq!(body, format!("{{\"echo\":{i}}}").as_bytes());
+    }
+    assert_eq!(server.accepted(), 1, "one connection for five sequential requests");
+    assert_eq!(client.idle_connections(&server.addr.to_string()), 1);
+    let head = server.heads.recv().await.unwrap();
+    assert_eq!(
+        head,
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer sk-test\r\n\
+             accept: application/json\r\nx-request-id: application/json\r\ncontent-length: 1\r\n\r\n0",
+            server.addr
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_not_reused() {
+    // The server answers and then closes every connection without saying so.
+    let mut server = Server::start(Arc::new(|_, _| (vec![ok("{}")], true))).await;
+    let client = Client::new();
+    let uri = server.uri("http");
+    post(&client, &uri, "1").await.unwrap();
+    // The close reaches the client while the connection idles in its pool.
+    assert_eq!(server.closed.recv().await, Some(0));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (status, _, _) = post(&client, &uri, "2").await.expect("a fresh connection, not the closed one");
+    assert_eq!(status, 200);
+    assert_eq!(server.accepted(), 2);
+}
+
+#[tokio::test]
+async fn connection_close_and_bodies_until_close_are_not_pooled() {
+    let server = Server::start(Arc::new(|connection, _| {
+        if connection == 0 {
+            (vec![b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi".to_vec()], false)
+        } else {
+            (vec![b"HTTP/1.1 200 OK\r\n\r\nuntil".to_vec(), b" the end".to_vec()], true)
+        }
+    }))
+    .await;
+    let client = Client::new();
+    let uri = server.uri("http");
+    assert_eq!(post(&client, &uri, "").await.unwrap().2, b"hi");
+    assert_eq!(client.idle_connections(&server.addr.to_string()), 0);
+    assert_eq!(post(&client, &uri, "").await.unwrap().2, b"until the end");
+    assert_eq!(client.idle_connections(&server.addr.to_string()), 0);
+    assert_eq!(server.accepted(), 2);
+}
+
+#[tokio::test]
+async fn chunked_bodies_arrive_piece_by_piece_and_the_connection_is_reused() {
+    let server = Server::start(Arc::new(|_, _| {
+        let pieces = [
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+            "d\r\ndata: first\n\n\r\n",
+            "e\r\ndata: second\n\n\r\n",
+            "0\r\n\r\n",
+        ];
+        (pieces.iter().map(|p| p.as_bytes().to_vec()).collect(), false)
+    }))
+    .await;
+    let client = Client::new();
+    let uri = server.uri("http");
+    for _ in 0..2 {
+        let mut response = client.post(&uri, &headers(), &[], b"{}").await.unwrap();
+        let mut pieces = Vec::new();
+        while let Some(piece) = response.body.chunk().await {
+            pieces.push(String::from_utf8(piece.unwrap().to_vec()).unwrap());
+        }
+        assert_eq!(pieces, ["data: first\n\n", "data: second\n\n"]);
+    }
+    assert_eq!(server.accepted(), 1);
+}
+
+#[tokio::test]
+async fn dropping_a_body_before_its_end_closes_the_connection() {
+    let mut server = Server::start(Arc::new(|_, _| {
+        let mut pieces = vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec()];
+        pieces.extend((0..200).map(|_| b"6\r\nchunk\n\r\n".to_vec()));
+        (pieces, false)
+    }))
+    .await;
+    let client = Client::new();
+    let mut response = client.post(&server.uri("http"), &headers(), &[], b"{}").await.unwrap();
+    assert_eq!(response.body.chunk().await.unwrap().unwrap().as_ref(), b"chunk\n");
+    drop(response);
+    let closed = tokio::time::timeout(Duration::from_secs(5), server.closed.recv()).await;
+    assert_eq!(closed.unwrap(), Some(0), "the server sees the connection close");
+    assert_eq!(client.idle_connections(&server.addr.to_string()), 0);
+}
+
+#[tokio::test]
+async fn interim_answers_are_skipped_and_a_cut_body_is_an_error() {
+    let server = Server::start(Arc::new(|connection, _| match connection {
+        0 => {
+            (vec![b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok".to_vec()], false)
+        }
+        _ => (vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort".to_vec()], true),
+    }))
+    .await;
+    let client = Client::new();
+    let uri = server.uri("http");
+    let (status, _, body) = post(&client, &uri, "").await.unwrap();
+    assert_eq!((status, body.as_slice()), (201, &b"ok"[..]));
+    // The second connection: the body stops 5 bytes short.
+    let fresh = Client::new();
+    match post(&fresh, &uri, "").await {
+        Err(ClientError::Broken(message)) => assert!(message.contains("inside the body"), "{message}"),
+        other => panic!("want a broken body, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn no_listener_and_garbage_answers_are_reported() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let client = Client::new();
+    let uri: Uri = format!("http://{addr}/v1/chat/completions").parse().unwrap();
+    match post(&client, &uri, "").await {
+        Err(ClientError::Connect(message)) => assert!(message.contains(&addr.to_string()), "{message}"),
+        other => panic!("want a connect error, got {other:?}"),
+    }
+    let server = Server::start(Arc::new(|_, _| (vec![b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec()], true))).await;
+    match post(&client, &server.uri("http"), "").await {
+        Err(ClientError::Protocol(message)) => assert!(message.contains("not valid HTTP/1"), "{message}"),
+        other => panic!("want a protocol error, got {other:?}"),
+    }
+}
+
+fn tls_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name)
+}
+
+#[tokio::test]
+async fn https_upstreams_are_verified_and_their_connections_reused() {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(tls_fixture("server.pem")).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(tls_fixture("server.key")).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let server = Server::start_with(Arc::new(|_, body| (vec![ok(body)], false)), Some(acceptor)).await;
+    let uri = server.uri("https");
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(tls_fixture("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let trusting = Client::with_roots(roots);
+    for i in 0..3 {
+        // Idle TLS connections may hold a session ticket the server sent
+        // after the handshake: still reusable.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            post(&trusting, &uri, &format!("{{\"n\":{i}}}")).await.unwrap().2,
+            format!("{{\"n\":{i}}}").as_bytes()
+        );
+    }
+    assert_eq!(server.accepted(), 1);
+
+    // The webpki roots do not know the test CA.
+    match post(&Client::new(), &uri, "{}").await {
+        Err(ClientError::Connect(message)) => assert!(message.contains("TLS handshake"), "{message}"),
+        other => panic!("want a TLS failure, got {other:?}"),
+    }
+}
