@@ -76,7 +76,7 @@ impl Handler for DataPlane {
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let request_id = request
             .headers()
-            .get("x-request-id")
+            .get(X_REQUEST_ID)
             .filter(|v| !v.is_empty() && v.len() <= 128)
             .cloned()
             .unwrap_or_else(new_request_id);
@@ -124,10 +124,17 @@ impl DataPlane {
     }
 }
 
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// A fresh `req_<32 hex>` request id.
 pub(crate) fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let id: u128 = rand::random();
-    HeaderValue::try_from(format!("req_{id:032x}")).unwrap_or(HeaderValue::from_static("req_unknown"))
+    let mut text = *b"req_00000000000000000000000000000000";
+    for (i, byte) in text[4..].iter_mut().enumerate() {
+        *byte = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("req_unknown"))
 }
 
 /// A started proxy: servers bound, table loaded, watcher running.
@@ -281,4 +288,26 @@ impl Running {
 /// Runs the proxy until SIGTERM/SIGINT, then drains.
 pub async fn run(args: Args) -> Result<(), AppError> {
     start(args).await?.until_signalled().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_req_and_32_lowercase_hex_digits() {
+        let ids: Vec<String> = (0..64).map(|_| new_request_id().to_str().unwrap().to_owned()).collect();
+        for id in &ids {
+            let hex = id.strip_prefix("req_").unwrap();
+            assert_eq!(hex.len(), 32, "{id}");
+            assert!(hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{id}");
+        }
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        // Every hex digit position varies: the whole 128 bits are used.
+        for position in 4..36 {
+            let digits: std::collections::HashSet<_> = ids.iter().map(|id| id.as_bytes()[position]).collect();
+            assert!(digits.len() > 1, "digit {position} never changes");
+        }
+    }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use rand::Rng;
@@ -43,6 +43,13 @@ use crate::state::{Live, RoutingHandle, TargetStats};
 use crate::tokens::{Encoding, Prompt};
 use crate::translate::TokenUsage;
 use crate::upstream::{Call, Events, Reply, Upstreams};
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_SWITCHYARD_ROUTE: HeaderName = HeaderName::from_static("x-switchyard-route");
+const X_SWITCHYARD_TARGET: HeaderName = HeaderName::from_static("x-switchyard-target");
+const X_SWITCHYARD_ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
+const X_SWITCHYARD_COST_USD: HeaderName = HeaderName::from_static("x-switchyard-cost-usd");
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// Largest request body accepted (images travel inline as base64).
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -173,18 +180,17 @@ async fn serve(
         count_tried(&live, candidate, &outcome, attempts.len() > before);
         let error = match outcome {
             Ok(answer) => {
-                let Some(stats) = live.target_stats(&candidate.route.alias, &candidate.target.name).cloned() else {
-                    // try_candidate only succeeds for targets with stats.
+                let Some(target) = live.target(&candidate.route.alias, &candidate.target.name) else {
+                    // try_candidate only succeeds for targets in the table.
                     return Err(ProxyError::NoCandidate { alias, skipped });
                 };
-                let kind = plan::kind_of(&live, candidate.target);
                 let served = Served {
                     ctx: ctx.clone(),
                     live: live.clone(),
                     request: body.clone(),
-                    pricing: Pricing::for_target(kind, candidate.target),
-                    encoding: Encoding::for_model(kind, &candidate.target.model).0,
-                    stats,
+                    pricing: target.pricing,
+                    encoding: target.encoding,
+                    stats: target.stats.clone(),
                     alias: route.alias.clone(),
                     route: candidate.route.alias.clone(),
                     target: candidate.target.name.clone(),
@@ -362,7 +368,7 @@ impl Request<'_> {
             stats.metrics.in_flight.inc();
             stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let attempt_started = Instant::now();
-            let result = self.attempt(provider, api_key, target, route).await;
+            let result = self.attempt(provider, api_key, target, route, attempt_started).await;
             stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             stats.metrics.in_flight.dec();
             if let Some(p) = provider_stats {
@@ -420,6 +426,7 @@ impl Request<'_> {
         api_key: Option<&routing::Redacted>,
         target: &Target,
         route: &Route,
+        started: Instant,
     ) -> Result<Answer, UpstreamError> {
         let endpoint = self.live.endpoint(&target.provider);
         let call = Call {
@@ -435,10 +442,11 @@ impl Request<'_> {
         // An earlier attempt's limits are not this upstream's.
         self.take_rate_limits();
         let timeouts = &route.timeouts;
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let remaining = self.deadline.saturating_duration_since(started);
         let attempt_limit = Duration::from_millis(timeouts.attempt_ms).min(remaining);
         if !self.stream {
-            return match tokio::time::timeout(attempt_limit, self.ctx.upstreams.send(call)).await {
+            let until = tokio::time::Instant::from_std(started + attempt_limit);
+            return match tokio::time::timeout_at(until, self.ctx.upstreams.send(call)).await {
                 Err(_) => Err(UpstreamError::Timeout("waiting for the response")),
                 Ok(Err(e)) => Err(e),
                 Ok(Ok(Reply::Json(body))) => Ok(Answer::Json(body)),
@@ -620,14 +628,14 @@ struct Account {
 
 impl Served {
     fn respond(self, answer: Answer, client_wants_usage: bool, deadline: Instant) -> Response<Body> {
-        let mut builder = Response::builder()
-            .status(StatusCode::OK)
-            .header("x-request-id", self.request_id.clone())
-            .header("x-switchyard-route", self.route.as_str())
-            .header("x-switchyard-target", self.target.as_str())
-            .header("x-switchyard-attempts", self.attempts);
-        if let (Some(limits), Some(headers)) = (&self.rate_limits, builder.headers_mut()) {
-            limits.write(headers);
+        let mut headers = HeaderMap::with_capacity(8);
+        headers.insert(X_REQUEST_ID, self.request_id.clone());
+        let text = |value: &str| HeaderValue::from_str(value).unwrap_or(HeaderValue::from_static("invalid"));
+        headers.insert(X_SWITCHYARD_ROUTE, text(&self.route));
+        headers.insert(X_SWITCHYARD_TARGET, text(&self.target));
+        headers.insert(X_SWITCHYARD_ATTEMPTS, HeaderValue::from(self.attempts));
+        if let Some(limits) = &self.rate_limits {
+            limits.write(&mut headers);
         }
         match answer {
             Answer::Json(bytes) => {
@@ -638,13 +646,17 @@ impl Served {
                         self.account(usage, true)
                     }
                 };
-                if let Some(cost) = account.cost {
-                    builder = builder.header("x-switchyard-cost-usd", cost::format_usd(cost));
+                if let Some(cost) = account.cost
+                    && let Ok(value) = HeaderValue::try_from(cost::format_usd(cost))
+                {
+                    headers.insert(X_SWITCHYARD_COST_USD, value);
                 }
                 let elapsed = self.started.elapsed();
-                self.finish(Outcome::Ok, account, Some(elapsed));
-                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-                builder.body(full(bytes)).unwrap_or_else(|_| Response::new(full(Bytes::new())))
+                self.finish_after(Outcome::Ok, account, Some(elapsed), elapsed);
+                headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                let mut response = Response::new(full(bytes));
+                *response.headers_mut() = headers;
+                response
             }
             Answer::Stream { read, rest } => {
                 let ttft = self.started.elapsed();
@@ -668,11 +680,12 @@ impl Served {
                 let body = StreamBody::new(stream::unfold(pump, |mut pump| async move {
                     pump.next_frame().await.map(|frame| (Ok(Frame::data(frame)), pump))
                 }));
-                builder = builder
-                    .header(http::header::CONTENT_TYPE, "text/event-stream")
-                    .header(http::header::CACHE_CONTROL, "no-cache")
-                    .header("x-accel-buffering", "no");
-                builder.body(body.boxed_unsync()).unwrap_or_else(|_| Response::new(full(Bytes::new())))
+                headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+                let mut response = Response::new(body.boxed_unsync());
+                *response.headers_mut() = headers;
+                response
             }
         }
     }
@@ -699,6 +712,11 @@ impl Served {
     /// Counts and logs the request; called exactly once.
     fn finish(self, outcome: Outcome, account: Account, ttft: Option<Duration>) {
         let duration = self.started.elapsed();
+        self.finish_after(outcome, account, ttft, duration);
+    }
+
+    /// [`Self::finish`] for a request that took `duration`.
+    fn finish_after(self, outcome: Outcome, account: Account, ttft: Option<Duration>, duration: Duration) {
         let metrics = &self.stats.metrics;
         let Account { usage, estimated, cost } = account;
         let (tokens_in, tokens_out) = (usage.prompt_tokens, usage.completion_tokens);

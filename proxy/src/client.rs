@@ -214,14 +214,16 @@ impl Inner {
         None
     }
 
-    fn put(&self, conn: Box<Conn>) {
+    fn put(&self, mut conn: Box<Conn>) {
+        let now = Instant::now();
+        conn.idle_since = now;
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = match idle.get_mut(&*conn.key) {
             Some(entry) => entry.list(conn.tls),
             None => idle.entry(conn.key.clone()).or_default().list(conn.tls),
         };
         // Drop connections that idled out: the oldest are at the front.
-        let expired = list.iter().take_while(|c| c.idle_since.elapsed() >= IDLE_TIMEOUT).count();
+        let expired = list.iter().take_while(|c| now.duration_since(c.idle_since) >= IDLE_TIMEOUT).count();
         list.drain(..expired);
         if list.len() < MAX_IDLE_PER_ORIGIN {
             list.push(conn);
@@ -591,11 +593,10 @@ impl Body {
     /// The body was read to its end: the connection goes back to the pool
     /// when HTTP allows it and nothing else arrived behind the answer.
     fn end(&mut self) {
-        if let Some(mut conn) = self.conn.take()
+        if let Some(conn) = self.conn.take()
             && self.reusable
             && conn.buf.is_empty()
         {
-            conn.idle_since = Instant::now();
             self.pool.put(conn);
         }
     }

@@ -14,22 +14,39 @@ use routing::Snapshot;
 use routing::distribution::{LATENCY_BUCKETS_MS, TargetCounters};
 use routing::table::Limits;
 
+use crate::cost::Pricing;
 use crate::metrics::{Metrics, TargetMetrics};
+use crate::tokens::Encoding;
 use crate::upstream::Endpoint;
 
 /// An installed snapshot plus the counters requests update.
 #[derive(Debug)]
 pub struct Live {
     pub snapshot: Snapshot,
-    targets: HashMap<(String, String), Arc<TargetStats>>,
+    /// By alias, then target name (looked up by `&str`, no allocation).
+    targets: HashMap<String, HashMap<String, LiveTarget>>,
     providers: HashMap<String, Arc<ProviderStats>>,
     endpoints: HashMap<String, Result<Endpoint, String>>,
 }
 
+/// What the table knows about one target, worked out when it is installed.
+#[derive(Debug)]
+pub struct LiveTarget {
+    pub stats: Arc<TargetStats>,
+    pub pricing: Option<Pricing>,
+    /// The target's tokenizer (or its stand-in).
+    pub encoding: Encoding,
+}
+
 impl Live {
+    /// A route's target (alias, target name).
+    pub fn target(&self, alias: &str, target: &str) -> Option<&LiveTarget> {
+        self.targets.get(alias)?.get(target)
+    }
+
     /// Runtime state of a route's target (alias, target name).
     pub fn target_stats(&self, alias: &str, target: &str) -> Option<&Arc<TargetStats>> {
-        self.targets.get(&(alias.to_owned(), target.to_owned()))
+        self.target(alias, target).map(|t| &t.stats)
     }
 
     /// The prepared HTTP endpoint of a provider (by provider key); `None` for `mock`.
@@ -44,8 +61,11 @@ impl Live {
 
     /// The report counters of every target of the table, by route and target.
     pub fn target_counters(&self) -> Vec<TargetCounters> {
-        let mut all: Vec<_> =
-            self.targets.iter().map(|((route, target), stats)| stats.counters.report(route, target)).collect();
+        let mut all: Vec<_> = self
+            .targets
+            .iter()
+            .flat_map(|(route, targets)| targets.iter().map(move |(name, t)| t.stats.counters.report(route, name)))
+            .collect();
         all.sort_by(|a, b| (&a.route, &a.target).cmp(&(&b.route, &b.target)));
         all
     }
@@ -138,7 +158,7 @@ impl RoutingHandle {
     pub fn install_prepared(&self, prepared: Prepared) {
         let Prepared { snapshot, endpoints } = prepared;
         let previous = self.current.load_full();
-        let mut targets = HashMap::new();
+        let mut targets: HashMap<String, HashMap<String, LiveTarget>> = HashMap::new();
         let mut providers = HashMap::new();
         for (alias, route) in &snapshot.table.routes {
             let all = route.targets.iter().chain(route.canary.as_ref().map(|c| &c.target));
@@ -151,7 +171,7 @@ impl RoutingHandle {
                 let stats = previous
                     .as_ref()
                     .filter(|p| same_provider(p, &snapshot, &target.provider))
-                    .and_then(|p| p.targets.get(&key))
+                    .and_then(|p| p.target_stats(alias, &target.name))
                     .filter(|s| s.provider == target.provider)
                     .cloned()
                     .unwrap_or_else(|| {
@@ -159,7 +179,14 @@ impl RoutingHandle {
                         let counters = self.counters(&key);
                         Arc::new(TargetStats::new(target.provider.clone(), metrics, counters))
                     });
-                targets.insert(key, stats);
+                let kind = snapshot.table.providers.get(&target.provider).map(|p| p.kind);
+                let kind = kind.unwrap_or(routing::table::ProviderKind::OpenaiCompatible);
+                let live = LiveTarget {
+                    stats,
+                    pricing: Pricing::for_target(kind, target),
+                    encoding: Encoding::for_model(kind, &target.model).0,
+                };
+                targets.entry(key.0).or_default().insert(key.1, live);
             }
         }
         for (key, provider) in &snapshot.table.providers {
