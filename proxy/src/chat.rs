@@ -31,7 +31,7 @@ use routing::table::{Provider, Route, Target};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cost::{self, PriceSource, Pricing};
+use crate::cost::{self, PriceSource};
 use crate::errors::{AttemptRecord, Class, ProxyError, UpstreamError};
 use crate::metrics::{FallbackLabels, Metrics, RequestLabels, RouteTargetLabels};
 use crate::plan::{self, Candidate, Steering};
@@ -39,8 +39,8 @@ use crate::ratelimit::RateLimits;
 use crate::request::{ApiRequest, Operation};
 use crate::server::{Body, full};
 use crate::sse;
-use crate::state::{Live, RoutingHandle, TargetStats};
-use crate::tokens::{Encoding, Prompt};
+use crate::state::{Live, LiveTarget, RoutingHandle};
+use crate::tokens::Prompt;
 use crate::translate::TokenUsage;
 use crate::upstream::{Call, Events, Reply, Upstreams};
 
@@ -184,18 +184,14 @@ async fn serve(
                     // try_candidate only succeeds for targets in the table.
                     return Err(ProxyError::NoCandidate { alias, skipped });
                 };
+                let first = plan.candidates[0].target;
                 let served = Served {
                     ctx: ctx.clone(),
                     live: live.clone(),
                     request: body.clone(),
-                    pricing: target.pricing,
-                    encoding: target.encoding,
-                    stats: target.stats.clone(),
+                    serving: target.clone(),
                     alias: route.alias.clone(),
-                    route: candidate.route.alias.clone(),
-                    target: candidate.target.name.clone(),
-                    provider: candidate.target.provider.clone(),
-                    first_choice: plan.candidates[0].target.name.clone(),
+                    first_choice: (first.name != candidate.target.name).then(|| first.name.clone()),
                     fallback: candidate.fallback,
                     // The failed attempts before this one, and this one.
                     attempts: attempts.len() + 1,
@@ -598,16 +594,12 @@ struct Served {
     live: Arc<Live>,
     /// For a token estimate when the provider reports no usage.
     request: Arc<ApiRequest>,
-    pricing: Option<Pricing>,
-    /// The serving target's tokenizer (or its stand-in).
-    encoding: Encoding,
-    /// The serving target's counters and metric handles.
-    stats: Arc<TargetStats>,
+    /// The target that answered: names, prices, tokenizer, counters.
+    serving: Arc<LiveTarget>,
+    /// The alias the client asked for.
     alias: String,
-    route: String,
-    target: String,
-    provider: String,
-    first_choice: String,
+    /// The plan's first target, when another one served.
+    first_choice: Option<String>,
     fallback: bool,
     attempts: usize,
     request_id: HeaderValue,
@@ -630,9 +622,8 @@ impl Served {
     fn respond(self, answer: Answer, client_wants_usage: bool, deadline: Instant) -> Response<Body> {
         let mut headers = HeaderMap::with_capacity(8);
         headers.insert(X_REQUEST_ID, self.request_id.clone());
-        let text = |value: &str| HeaderValue::from_str(value).unwrap_or(HeaderValue::from_static("invalid"));
-        headers.insert(X_SWITCHYARD_ROUTE, text(&self.route));
-        headers.insert(X_SWITCHYARD_TARGET, text(&self.target));
+        headers.insert(X_SWITCHYARD_ROUTE, self.serving.route_header.clone());
+        headers.insert(X_SWITCHYARD_TARGET, self.serving.name_header.clone());
         headers.insert(X_SWITCHYARD_ATTEMPTS, HeaderValue::from(self.attempts));
         if let Some(limits) = &self.rate_limits {
             limits.write(&mut headers);
@@ -691,7 +682,7 @@ impl Served {
     }
 
     fn idle_timeout(&self) -> Duration {
-        let ms = self.live.snapshot.table.routes.get(&self.route).map_or(30_000, |r| r.timeouts.idle_ms);
+        let ms = self.live.snapshot.table.routes.get(&self.serving.route).map_or(30_000, |r| r.timeouts.idle_ms);
         Duration::from_millis(ms)
     }
 
@@ -699,14 +690,14 @@ impl Served {
     /// encoding (see [`crate::tokens`]).
     fn estimate(&self, output: &Output) -> TokenUsage {
         TokenUsage {
-            prompt_tokens: Prompt::new(&self.request).tokens(self.encoding),
-            completion_tokens: self.encoding.count(&output.text) + output.dropped.div_ceil(4),
+            prompt_tokens: Prompt::new(&self.request).tokens(self.serving.encoding),
+            completion_tokens: self.serving.encoding.count(&output.text) + output.dropped.div_ceil(4),
             ..TokenUsage::default()
         }
     }
 
     fn account(&self, usage: TokenUsage, estimated: bool) -> Account {
-        Account { usage, estimated, cost: self.pricing.map(|p| p.cost(&usage)) }
+        Account { usage, estimated, cost: self.serving.pricing.map(|p| p.cost(&usage)) }
     }
 
     /// Counts and logs the request; called exactly once.
@@ -717,7 +708,8 @@ impl Served {
 
     /// [`Self::finish`] for a request that took `duration`.
     fn finish_after(self, outcome: Outcome, account: Account, ttft: Option<Duration>, duration: Duration) {
-        let metrics = &self.stats.metrics;
+        let stats = &self.serving.stats;
+        let metrics = &stats.metrics;
         let Account { usage, estimated, cost } = account;
         let (tokens_in, tokens_out) = (usage.prompt_tokens, usage.completion_tokens);
         let (code, counter) = match outcome {
@@ -727,8 +719,8 @@ impl Served {
         };
         counter.inc();
         match &outcome {
-            Outcome::Ok => self.stats.counters.record_served(duration, ttft),
-            Outcome::StreamFailed(_) => self.stats.counters.record_broken(),
+            Outcome::Ok => stats.counters.record_served(duration, ttft),
+            Outcome::StreamFailed(_) => stats.counters.record_broken(),
             Outcome::ClientClosed => {}
         }
         metrics.duration.observe(duration.as_secs_f64());
@@ -744,19 +736,20 @@ impl Served {
         if let Some(cost) = cost {
             metrics.cost.inc_by(cost);
         }
-        let price_source = match self.pricing.map(|p| p.source) {
+        let price_source = match self.serving.pricing.map(|p| p.source) {
             Some(PriceSource::Manifest) => "manifest",
             Some(PriceSource::BuiltIn { .. }) => "built-in",
             None => "none",
         };
-        if self.fallback || self.first_choice != self.target {
+        let target = &self.serving.name;
+        if self.fallback || self.first_choice.is_some() {
             self.ctx
                 .metrics
                 .fallbacks
                 .get_or_create(&FallbackLabels {
                     route: self.alias.clone(),
-                    from: self.first_choice.clone(),
-                    to: self.target.clone(),
+                    from: self.first_choice.clone().unwrap_or_else(|| target.clone()),
+                    to: target.clone(),
                 })
                 .inc();
         }
@@ -768,9 +761,9 @@ impl Served {
             target: "switchyard::access",
             request_id = self.request_id.to_str().unwrap_or_default(),
             route = %self.alias,
-            served_by = %self.route,
-            target_name = %self.target,
-            provider = %self.provider,
+            served_by = %self.serving.route,
+            target_name = %target,
+            provider = %self.serving.provider,
             status = 200,
             outcome = code,
             attempts = self.attempts,

@@ -121,22 +121,19 @@ impl Client {
         Self { inner: Arc::new(Inner { idle: Mutex::default(), tls }) }
     }
 
-    /// POSTs `body` to `uri` with `headers` (a name in `extra` replaces the
-    /// same name in `headers`); `host` and `content-length` are added.
-    /// Returns once the response head has arrived. Dropping the future, or
-    /// the response's body before its end, closes the connection.
+    /// POSTs `body` to `target` with its headers and `extra`; returns once
+    /// the response head has arrived. Dropping the future, or the response's
+    /// body before its end, closes the connection.
     pub async fn post(
         &self,
-        uri: &Uri,
-        headers: &HeaderMap,
+        target: &Target,
         extra: &[(HeaderName, &HeaderValue)],
         body: &[u8],
     ) -> Result<Response, ClientError> {
-        let origin = Origin::of(uri)?;
-        let head = request_head(uri, origin.authority, headers, extra, body.len());
-        let mut conn = match self.inner.checkout(&origin) {
+        let head = target.head(extra, body.len());
+        let mut conn = match self.inner.checkout(target) {
             Some(conn) => conn,
-            None => self.connect(&origin).await?,
+            None => self.connect(target).await?,
         };
         let sent = if body.len() < COPY_BODY_BELOW {
             let mut whole = head;
@@ -157,9 +154,9 @@ impl Client {
         Ok(Response { status, headers, body: Body { conn: Some(conn), framing, reusable, pool: self.inner.clone() } })
     }
 
-    async fn connect(&self, origin: &Origin<'_>) -> Result<Box<Conn>, ClientError> {
-        let address = origin.authority;
-        let connecting = TcpStream::connect((origin.host, origin.port));
+    async fn connect(&self, origin: &Target) -> Result<Box<Conn>, ClientError> {
+        let address = &origin.authority;
+        let connecting = TcpStream::connect((&*origin.host, origin.port));
         let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => return Err(ClientError::Connect(format!("cannot connect to {address}: {e}"))),
@@ -186,7 +183,7 @@ impl Client {
         Ok(Box::new(Conn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
-            key: address.into(),
+            key: address.clone(),
             tls: origin.tls,
             reused: false,
             idle_since: Instant::now(),
@@ -202,9 +199,9 @@ impl Client {
 
 impl Inner {
     /// The most recently used idle connection that still looks usable.
-    fn checkout(&self, origin: &Origin<'_>) -> Option<Box<Conn>> {
+    fn checkout(&self, origin: &Target) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = idle.get_mut(origin.authority)?.list(origin.tls);
+        let list = idle.get_mut(&*origin.authority)?.list(origin.tls);
         while let Some(mut conn) = list.pop() {
             if conn.idle_since.elapsed() < IDLE_TIMEOUT && conn.looks_open() {
                 conn.reused = true;
@@ -231,67 +228,75 @@ impl Inner {
     }
 }
 
-/// Where a URL points.
-struct Origin<'a> {
+/// Where requests go and the part of their head that is the same for
+/// every request: prepared once (per table, for fixed URLs).
+#[derive(Clone)]
+pub struct Target {
     tls: bool,
     /// As the URL spells it: the `host` header and the pool's key.
-    authority: &'a str,
-    host: &'a str,
+    authority: Box<str>,
+    host: Box<str>,
     port: u16,
+    /// The request line, `host` and the fixed headers (credentials
+    /// included: never printed).
+    prefix: Vec<u8>,
 }
 
-impl<'a> Origin<'a> {
-    fn of(uri: &'a Uri) -> Result<Self, ClientError> {
+/// Shows where the target points, never its headers.
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        f.debug_struct("Target").field("origin", &format_args!("{scheme}://{}", self.authority)).finish()
+    }
+}
+
+impl Target {
+    /// POSTs to `uri` with `headers`, except those named in `reserved`
+    /// (they come with each request) and the framing ones (`host`,
+    /// `content-length`, `transfer-encoding`), which the client writes.
+    pub fn new(uri: &Uri, headers: &HeaderMap, reserved: &[HeaderName]) -> Result<Self, String> {
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(ClientError::Connect(format!("`{uri}` is not an http:// or https:// URL"))),
+            _ => return Err(format!("`{uri}` is not an http:// or https:// URL")),
         };
-        let Some(authority) = uri.authority() else {
-            return Err(ClientError::Connect(format!("`{uri}` has no host")));
-        };
+        let Some(authority) = uri.authority() else { return Err(format!("`{uri}` has no host")) };
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        Ok(Self { tls, authority: authority.as_str(), host: authority.host(), port })
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut prefix = Vec::with_capacity(256);
+        prefix.extend_from_slice(b"POST ");
+        prefix.extend_from_slice(target.as_bytes());
+        prefix.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        prefix.extend_from_slice(authority.as_str().as_bytes());
+        prefix.extend_from_slice(b"\r\n");
+        let framing = [http::header::HOST, http::header::CONTENT_LENGTH, http::header::TRANSFER_ENCODING];
+        for (name, value) in headers {
+            if !framing.contains(name) && !reserved.contains(name) {
+                header_line(&mut prefix, name, value);
+            }
+        }
+        Ok(Self { tls, authority: authority.as_str().into(), host: authority.host().into(), port, prefix })
+    }
+
+    /// The whole head of a request with `extra` headers and a body of `length` bytes.
+    fn head(&self, extra: &[(HeaderName, &HeaderValue)], length: usize) -> Vec<u8> {
+        let mut head = Vec::with_capacity(self.prefix.len() + 128 + length.min(COPY_BODY_BELOW));
+        head.extend_from_slice(&self.prefix);
+        for (name, value) in extra {
+            header_line(&mut head, name, value);
+        }
+        head.extend_from_slice(b"content-length: ");
+        head.extend_from_slice(length.to_string().as_bytes());
+        head.extend_from_slice(b"\r\n\r\n");
+        head
     }
 }
 
-fn request_head(
-    uri: &Uri,
-    authority: &str,
-    headers: &HeaderMap,
-    extra: &[(HeaderName, &HeaderValue)],
-    length: usize,
-) -> Vec<u8> {
-    let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut head = Vec::with_capacity(256 + length.min(COPY_BODY_BELOW));
-    head.extend_from_slice(b"POST ");
-    head.extend_from_slice(target.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    head.extend_from_slice(authority.as_bytes());
+fn header_line(head: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    head.extend_from_slice(name.as_str().as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value.as_bytes());
     head.extend_from_slice(b"\r\n");
-    let mut line = |name: &HeaderName, value: &HeaderValue| {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    };
-    let framing = |name: &HeaderName| {
-        name == http::header::HOST || name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING
-    };
-    for (name, value) in headers {
-        if !framing(name) && !extra.iter().any(|(n, _)| n == name) {
-            line(name, value);
-        }
-    }
-    for (name, value) in extra {
-        if !framing(name) {
-            line(name, value);
-        }
-    }
-    head.extend_from_slice(b"content-length: ");
-    head.extend_from_slice(length.to_string().as_bytes());
-    head.extend_from_slice(b"\r\n\r\n");
-    head
 }
 
 /// Reads the response head (skipping interim `1xx` answers): the status,
@@ -578,7 +583,7 @@ impl Body {
             && let Ok(n) = usize::try_from(*n)
             && conn.buf.len() >= n
         {
-            let body = conn.buf.split_to(n).freeze();
+            let body = take(&mut conn.buf, n);
             self.framing = Framing::Length(0);
             self.end();
             return Ok(body);
@@ -619,23 +624,24 @@ fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, ClientError> 
             }
             let take = usize::try_from(*left).map_or(buf.len(), |left| left.min(buf.len()));
             *left -= take as u64;
-            Ok(Step::Data(buf.split_to(take).freeze()))
+            Ok(Step::Data(self::take(buf, take)))
         }
         Framing::UntilClose => {
             if buf.is_empty() {
                 Ok(Step::More)
             } else {
-                Ok(Step::Data(buf.split().freeze()))
+                Ok(Step::Data(take(buf, buf.len())))
             }
         }
         Framing::Chunked(state) => loop {
             match *state {
                 Chunked::Size => {
-                    let Some(line) = take_line(buf)? else { return Ok(Step::More) };
-                    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+                    let Some((length, used)) = line(buf)? else { return Ok(Step::More) };
+                    let digits = buf[..length].split(|&b| b == b';').next().unwrap_or_default();
                     let digits = std::str::from_utf8(digits).unwrap_or_default().trim();
                     let size = u64::from_str_radix(digits, 16)
                         .map_err(|_| ClientError::Protocol("the upstream sent an invalid chunk size".into()))?;
+                    buf.advance(used);
                     *state = if size == 0 { Chunked::Trailers } else { Chunked::Data(size) };
                 }
                 Chunked::Data(left) => {
@@ -645,18 +651,20 @@ fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, ClientError> 
                     let take = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
                     let rest = left - take as u64;
                     *state = if rest == 0 { Chunked::DataEnd } else { Chunked::Data(rest) };
-                    return Ok(Step::Data(buf.split_to(take).freeze()));
+                    return Ok(Step::Data(self::take(buf, take)));
                 }
                 Chunked::DataEnd => {
-                    let Some(line) = take_line(buf)? else { return Ok(Step::More) };
-                    if !line.is_empty() {
+                    let Some((length, used)) = line(buf)? else { return Ok(Step::More) };
+                    if length > 0 {
                         return Err(ClientError::Protocol("the upstream's chunk is longer than its size".into()));
                     }
+                    buf.advance(used);
                     *state = Chunked::Size;
                 }
                 Chunked::Trailers => {
-                    let Some(line) = take_line(buf)? else { return Ok(Step::More) };
-                    if line.is_empty() {
+                    let Some((length, used)) = line(buf)? else { return Ok(Step::More) };
+                    buf.advance(used);
+                    if length == 0 {
                         *framing = Framing::Length(0);
                         return Ok(Step::End);
                     }
@@ -666,16 +674,22 @@ fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, ClientError> 
     }
 }
 
-/// One CRLF-terminated line, without its end; `None` until it is complete.
-fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, ClientError> {
+/// The first `n` bytes of `buf`, copied out: the read buffer then stays
+/// the connection's own and is reused, instead of being shared with the
+/// body and reallocated for every answer.
+fn take(buf: &mut BytesMut, n: usize) -> Bytes {
+    let out = Bytes::copy_from_slice(&buf[..n]);
+    buf.advance(n);
+    out
+}
+
+/// The first line of `buf`: its length without the line end, and the bytes
+/// it takes with it; `None` until it is complete.
+fn line(buf: &BytesMut) -> Result<Option<(usize, usize)>, ClientError> {
     match buf.iter().position(|&b| b == b'\n') {
         Some(end) => {
-            let mut line = buf.split_to(end + 1).freeze();
-            line.truncate(end);
-            if line.last() == Some(&b'\r') {
-                line.truncate(end - 1);
-            }
-            Ok(Some(line))
+            let length = if end > 0 && buf[end - 1] == b'\r' { end - 1 } else { end };
+            Ok(Some((length, end + 1)))
         }
         None if buf.len() > 4096 => Err(ClientError::Protocol("the upstream sent an overlong chunk line".into())),
         None => Ok(None),
@@ -769,7 +783,9 @@ mod tests {
         let uri: Uri = "http://127.0.0.1:8000/v1/chat/completions?x=1".parse().unwrap();
         let fixed = headers(&[("accept", "text/plain"), ("authorization", "Bearer k"), ("content-length", "99")]);
         let json = HeaderValue::from_static("application/json");
-        let head = request_head(&uri, "127.0.0.1:8000", &fixed, &[(http::header::ACCEPT, &json)], 12);
+        let target = Target::new(&uri, &fixed, &[http::header::ACCEPT]).unwrap();
+        assert_eq!(format!("{target:?}"), "Target { origin: http://127.0.0.1:8000 }", "no header in debug output");
+        let head = target.head(&[(http::header::ACCEPT, &json)], 12);
         assert_eq!(
             String::from_utf8(head).unwrap(),
             "POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: 127.0.0.1:8000\r\nauthorization: Bearer k\r\n\

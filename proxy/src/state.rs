@@ -24,7 +24,7 @@ use crate::upstream::Endpoint;
 pub struct Live {
     pub snapshot: Snapshot,
     /// By alias, then target name (looked up by `&str`, no allocation).
-    targets: HashMap<String, HashMap<String, LiveTarget>>,
+    targets: HashMap<String, HashMap<String, Arc<LiveTarget>>>,
     providers: HashMap<String, Arc<ProviderStats>>,
     endpoints: HashMap<String, Result<Endpoint, String>>,
 }
@@ -32,6 +32,13 @@ pub struct Live {
 /// What the table knows about one target, worked out when it is installed.
 #[derive(Debug)]
 pub struct LiveTarget {
+    /// The route's alias, the target's name and its provider key.
+    pub route: String,
+    pub name: String,
+    pub provider: String,
+    /// `route` and `name` as response header values.
+    pub route_header: http::HeaderValue,
+    pub name_header: http::HeaderValue,
     pub stats: Arc<TargetStats>,
     pub pricing: Option<Pricing>,
     /// The target's tokenizer (or its stand-in).
@@ -40,7 +47,7 @@ pub struct LiveTarget {
 
 impl Live {
     /// A route's target (alias, target name).
-    pub fn target(&self, alias: &str, target: &str) -> Option<&LiveTarget> {
+    pub fn target(&self, alias: &str, target: &str) -> Option<&Arc<LiveTarget>> {
         self.targets.get(alias)?.get(target)
     }
 
@@ -158,7 +165,7 @@ impl RoutingHandle {
     pub fn install_prepared(&self, prepared: Prepared) {
         let Prepared { snapshot, endpoints } = prepared;
         let previous = self.current.load_full();
-        let mut targets: HashMap<String, HashMap<String, LiveTarget>> = HashMap::new();
+        let mut targets: HashMap<String, HashMap<String, Arc<LiveTarget>>> = HashMap::new();
         let mut providers = HashMap::new();
         for (alias, route) in &snapshot.table.routes {
             let all = route.targets.iter().chain(route.canary.as_ref().map(|c| &c.target));
@@ -181,12 +188,20 @@ impl RoutingHandle {
                     });
                 let kind = snapshot.table.providers.get(&target.provider).map(|p| p.kind);
                 let kind = kind.unwrap_or(routing::table::ProviderKind::OpenaiCompatible);
+                // Aliases and target names are DNS labels: valid header values.
+                let header =
+                    |text: &str| http::HeaderValue::from_str(text).unwrap_or(http::HeaderValue::from_static("invalid"));
                 let live = LiveTarget {
+                    route: alias.clone(),
+                    name: target.name.clone(),
+                    provider: target.provider.clone(),
+                    route_header: header(alias),
+                    name_header: header(&target.name),
                     stats,
                     pricing: Pricing::for_target(kind, target),
                     encoding: Encoding::for_model(kind, &target.model).0,
                 };
-                targets.entry(key.0).or_default().insert(key.1, live);
+                targets.entry(key.0).or_default().insert(key.1, Arc::new(live));
             }
         }
         for (key, provider) in &snapshot.table.providers {

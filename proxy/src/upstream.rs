@@ -6,6 +6,7 @@
 //! `cohere` (translated both ways by [`crate::translate`]); `mock` is served
 //! in process by [`crate::mock`].
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -60,9 +61,9 @@ pub struct Endpoint {
     /// (Gemini, Azure's deployment URLs).
     base_url: String,
     /// The fixed chat URL, for providers whose path does not.
-    chat_uri: Option<http::Uri>,
+    chat: Option<client::Target>,
     /// The embeddings URL of OpenAI-shaped providers.
-    embeddings_uri: Option<http::Uri>,
+    embeddings: Option<client::Target>,
     headers: HeaderMap,
 }
 
@@ -84,19 +85,11 @@ impl Endpoint {
             ProviderKind::Gemini | ProviderKind::AzureOpenai => None,
             _ => Some("/chat/completions"),
         };
-        let chat_uri = match path {
-            Some(path) => Some(parse_uri(&format!("{}{path}", provider.base_url))?),
-            None => None,
-        };
         let embeddings_path = match provider.kind {
             ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mistral => Some("/embeddings"),
             ProviderKind::AzureOpenai if azure_v1 => Some("/openai/v1/embeddings"),
             ProviderKind::Cohere => Some("/v2/embed"),
             _ => None,
-        };
-        let embeddings_uri = match embeddings_path {
-            Some(path) => Some(parse_uri(&format!("{}{path}", provider.base_url))?),
-            None => None,
         };
         let mut headers = HeaderMap::new();
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -126,8 +119,33 @@ impl Endpoint {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        Ok(Self { base_url: provider.base_url.clone(), chat_uri, embeddings_uri, headers })
+        let mut endpoint = Self { base_url: provider.base_url.clone(), chat: None, embeddings: None, headers };
+        if let Some(path) = path {
+            endpoint.chat = Some(endpoint.at(&format!("{}{path}", provider.base_url))?);
+        }
+        if let Some(path) = embeddings_path {
+            endpoint.embeddings = Some(endpoint.at(&format!("{}{path}", provider.base_url))?);
+        }
+        Ok(endpoint)
     }
+
+    /// Requests to `url` with this endpoint's headers.
+    fn at(&self, url: &str) -> Result<client::Target, String> {
+        client::Target::new(&parse_uri(url)?, &self.headers, &PER_REQUEST)
+    }
+
+    /// [`Self::at`] for a URL made for one request.
+    fn at_url(&self, url: &str) -> Result<client::Target, UpstreamError> {
+        self.at(url).map_err(UpstreamError::Misconfigured)
+    }
+}
+
+/// Headers set on each request; the same names in `spec.headers` give way.
+const PER_REQUEST: [http::HeaderName; 2] = [X_REQUEST_ID, http::header::ACCEPT];
+
+/// A URL the endpoint must have for this call.
+fn fixed(target: Option<&client::Target>) -> Result<&client::Target, UpstreamError> {
+    target.ok_or_else(|| UpstreamError::Misconfigured("no URL for this provider".into()))
 }
 
 fn parse_uri(url: &str) -> Result<http::Uri, String> {
@@ -177,24 +195,24 @@ impl Upstreams {
         match call.provider.kind {
             ProviderKind::Mock => crate::mock::embed(call).await,
             ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mistral => {
-                let uri = endpoint(call)?.embeddings_uri.clone();
+                let target = fixed(endpoint(call)?.embeddings.as_ref())?;
                 let body = call.body.to_upstream_json(model, false);
-                let incoming = self.post(call, uri, body, |_, body| (body, None)).await?;
+                let incoming = self.post(call, target, body, |_, body| (body, None)).await?;
                 Ok(Reply::Json(read_all(incoming).await?))
             }
             ProviderKind::AzureOpenai => {
-                let uri = azure_uri(call, "embeddings")?;
+                let target = azure_target(call, "embeddings")?;
                 let body = call.body.to_upstream_json(model, false);
-                let incoming = self.post(call, uri, body, azure_error).await?;
+                let incoming = self.post(call, &target, body, azure_error).await?;
                 Ok(Reply::Json(read_all(incoming).await?))
             }
             ProviderKind::Gemini => {
                 let request = embeddings::read(call.body.as_map(), "gemini").map_err(|e| translate_failure(&e))?;
                 let (method, body) = gemini::embeddings_to_gemini(&request, model);
-                let uri = parse_uri(&format!("{}/v1beta/models/{model}:{method}", endpoint(call)?.base_url))
-                    .map_err(UpstreamError::Misconfigured)?;
+                let endpoint = endpoint(call)?;
+                let target = endpoint.at_url(&format!("{}/v1beta/models/{model}:{method}", endpoint.base_url))?;
                 let incoming =
-                    self.post(call, Some(uri), serde_json::to_vec(&body).unwrap_or_default(), gemini_error).await?;
+                    self.post(call, &target, serde_json::to_vec(&body).unwrap_or_default(), gemini_error).await?;
                 let answer = read_all(incoming).await?;
                 let (encoding, _) = crate::tokens::Encoding::for_model(ProviderKind::Gemini, model);
                 let estimate = request.texts.iter().map(|text| encoding.count(text)).sum();
@@ -206,9 +224,9 @@ impl Upstreams {
                 let request = embeddings::read(call.body.as_map(), "cohere").map_err(|e| translate_failure(&e))?;
                 let body = cohere::embeddings_to_cohere(&request, call.body.as_map(), model)
                     .map_err(|e| translate_failure(&e))?;
-                let uri = endpoint(call)?.embeddings_uri.clone();
+                let target = fixed(endpoint(call)?.embeddings.as_ref())?;
                 let incoming = self
-                    .post(call, uri, serde_json::to_vec(&body).unwrap_or_default(), cohere_error)
+                    .post(call, target, serde_json::to_vec(&body).unwrap_or_default(), cohere_error)
                     .await
                     .map_err(cohere_status)?;
                 let answer = read_all(incoming).await?;
@@ -224,7 +242,7 @@ impl Upstreams {
     }
 
     async fn send_openai(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
-        let incoming = self.post(call, None, openai_body(call), |_, body| (body, None)).await?;
+        let incoming = self.post(call, chat(call)?, openai_body(call), |_, body| (body, None)).await?;
         if call.stream { Ok(Reply::Stream(Events::http(incoming))) } else { Ok(Reply::Json(read_all(incoming).await?)) }
     }
 
@@ -239,7 +257,7 @@ impl Upstreams {
         let body = serde_json::to_vec(&body).unwrap_or_default();
         let error_body =
             |status, body: Bytes| (Bytes::from(anthropic::to_openai_error(status, &body).to_string()), None);
-        let incoming = self.post(call, None, body, error_body).await?;
+        let incoming = self.post(call, chat(call)?, body, error_body).await?;
         let alias = &call.body.model;
         translated_reply(
             call,
@@ -257,10 +275,9 @@ impl Upstreams {
             .map_err(|error| translate_failure(&error))?;
         let endpoint = endpoint(call)?;
         let method = if call.stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
-        let uri = parse_uri(&format!("{}/v1beta/models/{}:{method}", endpoint.base_url, call.target.model))
-            .map_err(UpstreamError::Misconfigured)?;
+        let target = endpoint.at_url(&format!("{}/v1beta/models/{}:{method}", endpoint.base_url, call.target.model))?;
         let body = serde_json::to_vec(&body).unwrap_or_default();
-        let incoming = self.post(call, Some(uri), body, gemini_error).await?;
+        let incoming = self.post(call, &target, body, gemini_error).await?;
         let alias = &call.body.model;
         translated_reply(
             call,
@@ -277,7 +294,7 @@ impl Upstreams {
         let body = mistral::chat_to_mistral(call.body.as_map(), &call.target.model);
         let body = serde_json::to_vec(&body).unwrap_or_default();
         let error_body = |status, body: Bytes| (Bytes::from(mistral::to_openai_error(status, &body).to_string()), None);
-        let incoming = self.post(call, None, body, error_body).await?;
+        let incoming = self.post(call, chat(call)?, body, error_body).await?;
         translated_reply(
             call,
             incoming,
@@ -295,9 +312,9 @@ impl Upstreams {
     /// Azure OpenAI: the client's body (the deployment as `model`) on Azure's
     /// URL; streams lose Azure's filter-only chunks (see [`crate::translate::azure`]).
     async fn send_azure(&self, call: &Call<'_>) -> Result<Reply, UpstreamError> {
-        let uri = azure_uri(call, "chat/completions")?;
+        let target = azure_target(call, "chat/completions")?;
         let body = call.body.to_upstream_json(&call.target.model, false);
-        let incoming = self.post(call, uri, body, azure_error).await?;
+        let incoming = self.post(call, &target, body, azure_error).await?;
         if call.stream {
             Ok(Reply::Stream(Events::translated(incoming, Box::new(ChunkFixer::new("azure-openai", azure::fix_chunk)))))
         } else {
@@ -313,7 +330,7 @@ impl Upstreams {
             body["stream"] = serde_json::Value::Bool(true);
         }
         let body = serde_json::to_vec(&body).unwrap_or_default();
-        let incoming = self.post(call, None, body, cohere_error).await.map_err(cohere_status)?;
+        let incoming = self.post(call, chat(call)?, body, cohere_error).await.map_err(cohere_status)?;
         let alias = &call.body.model;
         translated_reply(
             call,
@@ -328,21 +345,16 @@ impl Upstreams {
     /// successful answer; a failed one becomes [`UpstreamError::Status`]
     /// with its body passed through `error_body`, which returns it in
     /// OpenAI's error shape and any retry delay the body itself names.
-    /// `uri` overrides the endpoint's fixed chat URL.
     async fn post(
         &self,
         call: &Call<'_>,
-        uri: Option<http::Uri>,
+        target: &client::Target,
         body: Vec<u8>,
         error_body: impl FnOnce(u16, Bytes) -> (Bytes, Option<Duration>),
     ) -> Result<client::Body, UpstreamError> {
-        let endpoint = endpoint(call)?;
-        let Some(uri) = uri.as_ref().or(endpoint.chat_uri.as_ref()) else {
-            return Err(UpstreamError::Misconfigured("no URL for this provider".into()));
-        };
         let accept = if call.stream { &EVENT_STREAM } else { &APPLICATION_JSON };
         let extra = [(X_REQUEST_ID, call.request_id), (http::header::ACCEPT, accept)];
-        let response = self.client.post(uri, &endpoint.headers, &extra, &body).await.map_err(|e| match e {
+        let response = self.client.post(target, &extra, &body).await.map_err(|e| match e {
             ClientError::Protocol(message) => UpstreamError::Protocol(message),
             ClientError::Connect(message) | ClientError::Broken(message) => UpstreamError::Connect(message),
         })?;
@@ -414,14 +426,20 @@ fn cohere_status(error: UpstreamError) -> UpstreamError {
 /// The URL of Azure operation `operation` (`chat/completions`,
 /// `embeddings`): the v1 URL prepared with the endpoint, or, with an
 /// `api-version`, the target's deployment URL.
-fn azure_uri(call: &Call<'_>, operation: &str) -> Result<Option<http::Uri>, UpstreamError> {
+fn azure_target<'a>(call: &Call<'a>, operation: &str) -> Result<Cow<'a, client::Target>, UpstreamError> {
     let endpoint = endpoint(call)?;
     let Some(version) = &call.provider.api_version else {
-        return Ok(if operation == "embeddings" { endpoint.embeddings_uri.clone() } else { endpoint.chat_uri.clone() });
+        let prepared = if operation == "embeddings" { &endpoint.embeddings } else { &endpoint.chat };
+        return fixed(prepared.as_ref()).map(Cow::Borrowed);
     };
     let url =
         format!("{}/openai/deployments/{}/{operation}?api-version={version}", endpoint.base_url, call.target.model);
-    parse_uri(&url).map(Some).map_err(UpstreamError::Misconfigured)
+    endpoint.at_url(&url).map(Cow::Owned)
+}
+
+/// The endpoint's fixed chat URL.
+fn chat<'a>(call: &Call<'a>) -> Result<&'a client::Target, UpstreamError> {
+    fixed(endpoint(call)?.chat.as_ref())
 }
 
 /// The provider's prepared endpoint, or why it cannot be called.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use proxy::client::{Client, ClientError};
+use proxy::client::{Client, ClientError, Target};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -129,7 +129,8 @@ fn headers() -> HeaderMap {
 async fn post(client: &Client, uri: &Uri, body: &str) -> Result<(u16, HeaderMap, Vec<u8>), ClientError> {
     let accept = HeaderValue::from_static("application/json");
     let extra = [(http::header::ACCEPT, &accept), (HeaderName::from_static("x-request-id"), &accept)];
-    let response = client.post(uri, &headers(), &extra, body.as_bytes()).await?;
+    let target = Target::new(uri, &headers(), &[http::header::ACCEPT]).unwrap();
+    let response = client.post(&target, &extra, body.as_bytes()).await?;
     let bytes = response.body.bytes().await?;
     Ok((response.status, response.headers, bytes.to_vec()))
 }
@@ -207,7 +208,7 @@ async fn chunked_bodies_arrive_piece_by_piece_and_the_connection_is_reused() {
     let client = Client::new();
     let uri = server.uri("http");
     for _ in 0..2 {
-        let mut response = client.post(&uri, &headers(), &[], b"{}").await.unwrap();
+        let mut response = client.post(&Target::new(&uri, &headers(), &[]).unwrap(), &[], b"{}").await.unwrap();
         let mut pieces = Vec::new();
         while let Some(piece) = response.body.chunk().await {
             pieces.push(String::from_utf8(piece.unwrap().to_vec()).unwrap());
@@ -226,7 +227,8 @@ async fn dropping_a_body_before_its_end_closes_the_connection() {
     }))
     .await;
     let client = Client::new();
-    let mut response = client.post(&server.uri("http"), &headers(), &[], b"{}").await.unwrap();
+    let mut response =
+        client.post(&Target::new(&server.uri("http"), &headers(), &[]).unwrap(), &[], b"{}").await.unwrap();
     assert_eq!(response.body.chunk().await.unwrap().unwrap().as_ref(), b"chunk\n");
     drop(response);
     let closed = tokio::time::timeout(Duration::from_secs(5), server.closed.recv()).await;
