@@ -169,7 +169,7 @@ impl Client {
         };
         let _ = tcp.set_nodelay(true);
         let io = if origin.tls {
-            let name = ServerName::try_from(origin.host.trim_start_matches('[').trim_end_matches(']').to_owned())
+            let name = ServerName::try_from(origin.host.to_string())
                 .map_err(|e| ClientError::Connect(format!("`{}` is not a name TLS can verify: {e}", origin.host)))?;
             let handshake = self.inner.tls.connect(name, tcp);
             match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
@@ -235,6 +235,7 @@ pub struct Target {
     tls: bool,
     /// As the URL spells it: the `host` header and the pool's key.
     authority: Box<str>,
+    /// The host to connect to and verify (an IPv6 address without brackets).
     host: Box<str>,
     port: u16,
     /// The request line, `host` and the fixed headers (credentials
@@ -275,7 +276,7 @@ impl Target {
                 header_line(&mut prefix, name, value);
             }
         }
-        Ok(Self { tls, authority: authority.as_str().into(), host: authority.host().into(), port, prefix })
+        Ok(Self { tls, authority: authority.as_str().into(), host: bare_host(authority.host()).into(), port, prefix })
     }
 
     /// The whole head of a request with `extra` headers and a body of `length` bytes.
@@ -290,6 +291,10 @@ impl Target {
         head.extend_from_slice(b"\r\n\r\n");
         head
     }
+}
+
+fn bare_host(host: &str) -> &str {
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
 }
 
 fn header_line(head: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
@@ -771,6 +776,18 @@ mod tests {
     }
 
     #[test]
+    fn targets_know_where_to_connect() {
+        let at = |url: &str| Target::new(&url.parse().unwrap(), &HeaderMap::new(), &[]).unwrap();
+        let v6 = at("http://[::1]:8000/v1/chat/completions");
+        assert_eq!((&*v6.host, &*v6.authority, v6.port), ("::1", "[::1]:8000", 8000));
+        assert!(v6.prefix.starts_with(b"POST /v1/chat/completions HTTP/1.1\r\nhost: [::1]:8000\r\n"));
+        let tls = at("https://api.openai.com/v1/chat/completions");
+        assert_eq!((&*tls.host, tls.port, tls.tls), ("api.openai.com", 443, true));
+        assert_eq!(at("http://localhost/").port, 80);
+        assert!(Target::new(&"ftp://host/x".parse().unwrap(), &HeaderMap::new(), &[]).is_err());
+    }
+
+    #[test]
     fn keep_alive_follows_the_version_and_connection_header() {
         assert!(keep_alive(1, &HeaderMap::new()));
         assert!(!keep_alive(1, &headers(&[("connection", "Close")])));
@@ -786,6 +803,7 @@ mod tests {
         let target = Target::new(&uri, &fixed, &[http::header::ACCEPT]).unwrap();
         assert_eq!(format!("{target:?}"), "Target { origin: http://127.0.0.1:8000 }", "no header in debug output");
         let head = target.head(&[(http::header::ACCEPT, &json)], 12);
+        assert_eq!((&*target.host, target.port, target.tls), ("127.0.0.1", 8000, false));
         assert_eq!(
             String::from_utf8(head).unwrap(),
             "POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: 127.0.0.1:8000\r\nauthorization: Bearer k\r\n\
