@@ -46,24 +46,22 @@ impl AppError {
     }
 }
 
-/// Sets up logging: JSON lines by default, `RUST_LOG` filters. Lines are
-/// written by a background thread through a buffer, so the request path
-/// never waits on a `write(2)` per log line; a full queue blocks instead of
-/// dropping lines. Keep the guard until exit: dropping it flushes.
-pub fn init_tracing(format: &str) -> tracing_appender::non_blocking::WorkerGuard {
+/// Sets up logging: JSON lines by default, `RUST_LOG` filters. Lines go
+/// through a buffer that a background thread writes to stderr (see
+/// [`crate::logwriter`]), so the request path never waits on a `write(2)`
+/// or wakes a thread per line. Keep the guard until exit: dropping it
+/// writes what is left.
+pub fn init_tracing(format: &str) -> std::io::Result<crate::logwriter::Guard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let (writer, guard) = crate::logwriter::spawn(std::io::stderr())?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     if format == "text" {
         builder.with_ansi(false).init();
     } else {
         builder.json().flatten_event(true).with_current_span(false).init();
     }
-    guard
+    Ok(guard)
 }
 
 /// The data port's router.

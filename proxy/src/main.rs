@@ -9,7 +9,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = proxy::args::Args::parse();
-    let _log_writer = proxy::app::init_tracing(&args.log_format);
+    let _log_writer = match proxy::app::init_tracing(&args.log_format) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("switchyard-proxy: cannot start the log writer thread: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let threads = args
         .worker_threads
         .or_else(|| std::thread::available_parallelism().ok())
