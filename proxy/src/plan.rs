@@ -10,9 +10,8 @@
 use rand::Rng;
 use routing::table::{FULL_SHARE, ProviderKind, Route, Strategy, Target};
 
-use crate::cost::Pricing;
 use crate::state::{Circuit, Live};
-use crate::tokens::{Encoding, Prompt};
+use crate::tokens::Prompt;
 
 /// One target the request may be sent to.
 #[derive(Debug, Clone, Copy)]
@@ -106,8 +105,9 @@ fn add_route<'a>(
 
 /// Why `target` is left out, and whether that is its context window.
 fn unusable(live: &Live, route: &Route, target: &Target, prompt: Option<&Prompt<'_>>) -> Option<(String, bool)> {
+    let entry = live.target(&route.alias, &target.name)?;
     if let (Some(window), Some(prompt)) = (target.context_window, prompt) {
-        let (encoding, _) = Encoding::for_model(kind_of(live, target), &target.model);
+        let encoding = entry.encoding;
         if let Err(tokens) = prompt.fits(window, encoding) {
             let reason = format!(
                 "request of about {tokens} tokens ({} estimate) exceeds its context window of {window}",
@@ -116,8 +116,7 @@ fn unusable(live: &Live, route: &Route, target: &Target, prompt: Option<&Prompt<
             return Some((reason, true));
         }
     }
-    let stats = live.target_stats(&route.alias, &target.name)?;
-    (stats.circuit() == Circuit::Open).then(|| ("circuit open after consecutive failures".to_owned(), false))
+    (entry.stats.circuit() == Circuit::Open).then(|| ("circuit open after consecutive failures".to_owned(), false))
 }
 
 /// The route's targets with weight > 0, best first for its strategy.
@@ -145,8 +144,9 @@ fn ordered<'a>(live: &'a Live, route: &'a Route, weight_seed: u64) -> Vec<&'a Ta
                 targets.insert(0, chosen);
             }
         }
-        Strategy::Cost => targets
-            .sort_by(|a, b| price_of(live, a).total_cmp(&price_of(live, b)).then_with(|| b.weight.cmp(&a.weight))),
+        Strategy::Cost => targets.sort_by(|a, b| {
+            price_of(live, route, a).total_cmp(&price_of(live, route, b)).then_with(|| b.weight.cmp(&a.weight))
+        }),
         Strategy::Latency => {
             targets.sort_by_key(|t| live.target_stats(&route.alias, &t.name).map_or(0, |s| s.latency_us()));
         }
@@ -160,8 +160,9 @@ fn ordered<'a>(live: &'a Live, route: &'a Route, weight_seed: u64) -> Vec<&'a Ta
 
 /// Input plus output price per million tokens (the manifest's, else the
 /// built-in table's); unknown prices sort last.
-fn price_of(live: &Live, target: &Target) -> f64 {
-    Pricing::for_target(kind_of(live, target), target).map_or(f64::INFINITY, |p| p.rates.input + p.rates.output)
+fn price_of(live: &Live, route: &Route, target: &Target) -> f64 {
+    let pricing = live.target(&route.alias, &target.name).and_then(|t| t.pricing);
+    pricing.map_or(f64::INFINITY, |p| p.rates.input + p.rates.output)
 }
 
 /// The provider kind of a target (the table check guarantees its provider
