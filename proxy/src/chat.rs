@@ -42,7 +42,7 @@ use crate::sse;
 use crate::state::{Live, LiveTarget, RoutingHandle};
 use crate::tokens::Prompt;
 use crate::translate::TokenUsage;
-use crate::upstream::{Call, Events, Reply, Upstreams};
+use crate::upstream::{Call, Endpoint, Events, Reply, Upstreams};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_SWITCHYARD_ROUTE: HeaderName = HeaderName::from_static("x-switchyard-route");
@@ -177,13 +177,10 @@ async fn serve(
         }
         let before = attempts.len();
         let outcome = request.try_candidate(candidate, &mut attempts, &mut skipped).await;
-        count_tried(&live, candidate, &outcome, attempts.len() > before);
+        count_tried(candidate, &outcome, attempts.len() > before);
         let error = match outcome {
             Ok(answer) => {
-                let Some(target) = live.target(&candidate.route.alias, &candidate.target.name) else {
-                    // try_candidate only succeeds for targets in the table.
-                    return Err(ProxyError::NoCandidate { alias, skipped });
-                };
+                let target = candidate.entry;
                 let first = plan.candidates[0].target;
                 let served = Served {
                     ctx: ctx.clone(),
@@ -242,12 +239,12 @@ async fn serve(
 /// Feeds the operator's report counters: a candidate that served, or failed
 /// after at least one attempt, was tried. An upstream that refused the
 /// client's request as invalid is not the target's failure.
-fn count_tried(live: &Live, candidate: &Candidate<'_>, outcome: &Result<Answer, UpstreamError>, attempted: bool) {
+fn count_tried(candidate: &Candidate<'_>, outcome: &Result<Answer, UpstreamError>, attempted: bool) {
     if !(outcome.is_ok() || attempted) {
         return;
     }
-    if let Some(stats) = live.target_stats(&candidate.route.alias, &candidate.target.name) {
-        stats.counters.record_tried(outcome.as_ref().is_err_and(|e| e.class() != Class::Final));
+    {
+        candidate.entry.stats.counters.record_tried(outcome.as_ref().is_err_and(|e| e.class() != Class::Final));
     }
 }
 
@@ -337,12 +334,10 @@ impl Request<'_> {
         attempts: &mut Vec<AttemptRecord>,
         skipped: &mut Vec<String>,
     ) -> Result<Answer, UpstreamError> {
-        let Candidate { route, target, .. } = *candidate;
+        let Candidate { route, target, entry, .. } = *candidate;
         let name = || format!("`{}/{}`", route.alias, target.name);
-        let (Some(provider), Some(stats)) = (
-            self.live.snapshot.table.providers.get(&target.provider),
-            self.live.target_stats(&route.alias, &target.name),
-        ) else {
+        let stats = &entry.stats;
+        let Some(provider) = self.live.snapshot.table.providers.get(&target.provider) else {
             skipped.push(format!("{}: not in the table", name()));
             return Err(UpstreamError::NotTried("target is not in the table".into()));
         };
@@ -353,7 +348,7 @@ impl Request<'_> {
                 skipped.push(format!("{}: circuit open", name()));
                 return Err(UpstreamError::NotTried("circuit open".into()));
             }
-            let provider_stats = self.live.provider_stats(&target.provider);
+            let provider_stats = entry.provider_stats.as_ref();
             if let Some((p, Err(limit))) = provider_stats.map(|p| (p, p.try_acquire())) {
                 if limit == "requestsPerMinute" {
                     *self.rate_limits.lock().unwrap_or_else(PoisonError::into_inner) = p.exhausted_minute();
@@ -364,7 +359,8 @@ impl Request<'_> {
             stats.metrics.in_flight.inc();
             stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let attempt_started = Instant::now();
-            let result = self.attempt(provider, api_key, target, route, attempt_started).await;
+            let result =
+                self.attempt(provider, api_key, target, route, entry.endpoint.as_deref(), attempt_started).await;
             stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             stats.metrics.in_flight.dec();
             if let Some(p) = provider_stats {
@@ -422,9 +418,9 @@ impl Request<'_> {
         api_key: Option<&routing::Redacted>,
         target: &Target,
         route: &Route,
+        endpoint: Option<&Result<Endpoint, String>>,
         started: Instant,
     ) -> Result<Answer, UpstreamError> {
-        let endpoint = self.live.endpoint(&target.provider);
         let call = Call {
             provider,
             api_key,
@@ -559,7 +555,7 @@ impl UsageView {
 /// whole answer.
 fn usage_of(body: &[u8]) -> Option<UsageView> {
     const KEY: &[u8] = b"\"usage\"";
-    let fast = body.windows(KEY.len()).rposition(|w| w == KEY).and_then(|at| {
+    let fast = memchr::memmem::rfind(body, KEY).and_then(|at| {
         // A key, not text inside a string: `"usage"` then `:`.
         let rest = body[at + KEY.len()..].trim_ascii_start().strip_prefix(b":")?;
         serde_json::Deserializer::from_slice(rest).into_iter::<UsageView>().next()?.ok()

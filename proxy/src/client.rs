@@ -131,10 +131,13 @@ impl Client {
         body: &[u8],
     ) -> Result<Response, ClientError> {
         let head = target.head(extra, body.len());
-        let mut conn = match self.inner.checkout(target) {
+        let now = Instant::now();
+        let mut conn = match self.inner.checkout(target, now) {
             Some(conn) => conn,
             None => self.connect(target).await?,
         };
+        // Idle time counts from this request's start: one clock read per request.
+        conn.idle_since = now;
         let sent = if body.len() < COPY_BODY_BELOW {
             let mut whole = head;
             whole.extend_from_slice(body);
@@ -199,11 +202,11 @@ impl Client {
 
 impl Inner {
     /// The most recently used idle connection that still looks usable.
-    fn checkout(&self, origin: &Target) -> Option<Box<Conn>> {
+    fn checkout(&self, origin: &Target, now: Instant) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.get_mut(&*origin.authority)?.list(origin.tls);
         while let Some(mut conn) = list.pop() {
-            if conn.idle_since.elapsed() < IDLE_TIMEOUT && conn.looks_open() {
+            if now.duration_since(conn.idle_since) < IDLE_TIMEOUT && conn.looks_open() {
                 conn.reused = true;
                 return Some(conn);
             }
@@ -211,9 +214,10 @@ impl Inner {
         None
     }
 
-    fn put(&self, mut conn: Box<Conn>) {
-        let now = Instant::now();
-        conn.idle_since = now;
+    /// Pools a connection whose answer was read to its end. Its idle time
+    /// counts from the start of that request (no clock read here).
+    fn put(&self, conn: Box<Conn>) {
+        let now = conn.idle_since;
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = match idle.get_mut(&*conn.key) {
             Some(entry) => entry.list(conn.tls),

@@ -63,8 +63,7 @@ pub fn spawn(out: impl Write + Send + 'static) -> io::Result<(LogWriter, Guard)>
 }
 
 fn spawn_with(out: impl Write + Send + 'static, interval: Duration) -> io::Result<(LogWriter, Guard)> {
-    let shared =
-        Arc::new(Shared { state: Mutex::default(), interval, wake: Condvar::new(), drained: Condvar::new() });
+    let shared = Arc::new(Shared { state: Mutex::default(), interval, wake: Condvar::new(), drained: Condvar::new() });
     let thread = {
         let shared = shared.clone();
         std::thread::Builder::new().name("log-writer".into()).spawn(move || run(&shared, out))?

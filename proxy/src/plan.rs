@@ -10,7 +10,9 @@
 use rand::Rng;
 use routing::table::{FULL_SHARE, ProviderKind, Route, Strategy, Target};
 
-use crate::state::{Circuit, Live};
+use std::sync::Arc;
+
+use crate::state::{Circuit, Live, LiveTarget};
 use crate::tokens::Prompt;
 
 /// One target the request may be sent to.
@@ -19,6 +21,8 @@ pub struct Candidate<'a> {
     /// The route the target belongs to (the requested one or a fallback).
     pub route: &'a Route,
     pub target: &'a Target,
+    /// The target's entry in the installed table.
+    pub entry: &'a Arc<LiveTarget>,
     /// Reached through `spec.fallbacks`.
     pub fallback: bool,
     pub canary: bool,
@@ -86,11 +90,15 @@ fn add_route<'a>(
     prompt: Option<&Prompt<'_>>,
 ) {
     let push = |plan: &mut Plan<'a>, target: &'a Target, canary: bool| {
-        if let Some((reason, too_long)) = unusable(live, route, target, prompt) {
+        let Some(entry) = live.target(&route.alias, &target.name) else {
+            plan.skipped.push(format!("`{}/{}`: not in the table", route.alias, target.name));
+            return;
+        };
+        if let Some((reason, too_long)) = unusable(entry, target, prompt) {
             plan.too_long += usize::from(too_long);
             plan.skipped.push(format!("`{}/{}`: {reason}", route.alias, target.name));
         } else {
-            plan.candidates.push(Candidate { route, target, fallback, canary });
+            plan.candidates.push(Candidate { route, target, entry, fallback, canary });
         }
     };
     if let Some(canary) = &route.canary
@@ -104,8 +112,7 @@ fn add_route<'a>(
 }
 
 /// Why `target` is left out, and whether that is its context window.
-fn unusable(live: &Live, route: &Route, target: &Target, prompt: Option<&Prompt<'_>>) -> Option<(String, bool)> {
-    let entry = live.target(&route.alias, &target.name)?;
+fn unusable(entry: &LiveTarget, target: &Target, prompt: Option<&Prompt<'_>>) -> Option<(String, bool)> {
     if let (Some(window), Some(prompt)) = (target.context_window, prompt) {
         let encoding = entry.encoding;
         if let Err(tokens) = prompt.fits(window, encoding) {

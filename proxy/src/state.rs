@@ -26,7 +26,7 @@ pub struct Live {
     /// By alias, then target name (looked up by `&str`, no allocation).
     targets: HashMap<String, HashMap<String, Arc<LiveTarget>>>,
     providers: HashMap<String, Arc<ProviderStats>>,
-    endpoints: HashMap<String, Result<Endpoint, String>>,
+    endpoints: HashMap<String, Arc<Result<Endpoint, String>>>,
 }
 
 /// What the table knows about one target, worked out when it is installed.
@@ -40,6 +40,9 @@ pub struct LiveTarget {
     pub route_header: http::HeaderValue,
     pub name_header: http::HeaderValue,
     pub stats: Arc<TargetStats>,
+    /// The provider's limits and its prepared endpoint (`None` for `mock`).
+    pub provider_stats: Option<Arc<ProviderStats>>,
+    pub endpoint: Option<Arc<Result<Endpoint, String>>>,
     pub pricing: Option<Pricing>,
     /// The target's tokenizer (or its stand-in).
     pub encoding: Encoding,
@@ -58,7 +61,7 @@ impl Live {
 
     /// The prepared HTTP endpoint of a provider (by provider key); `None` for `mock`.
     pub fn endpoint(&self, provider: &str) -> Option<&Result<Endpoint, String>> {
-        self.endpoints.get(provider)
+        self.endpoints.get(provider).map(|e| &**e)
     }
 
     /// Runtime state of a provider (by provider key).
@@ -90,7 +93,7 @@ fn same_provider(previous: &Live, next: &Snapshot, key: &str) -> bool {
 #[derive(Debug)]
 pub struct Prepared {
     snapshot: Snapshot,
-    endpoints: HashMap<String, Result<Endpoint, String>>,
+    endpoints: HashMap<String, Arc<Result<Endpoint, String>>>,
 }
 
 impl Prepared {
@@ -101,7 +104,7 @@ impl Prepared {
             .providers
             .iter()
             .filter_map(|(key, provider)| {
-                Some((key.clone(), Endpoint::prepare(provider, snapshot.credentials.get(key))?))
+                Some((key.clone(), Arc::new(Endpoint::prepare(provider, snapshot.credentials.get(key))?)))
             })
             .collect();
         Self { snapshot, endpoints }
@@ -117,7 +120,7 @@ impl Prepared {
         let mut problems: Vec<String> = self
             .endpoints
             .iter()
-            .filter_map(|(key, endpoint)| endpoint.as_ref().err().map(|e| format!("provider `{key}`: {e}")))
+            .filter_map(|(key, endpoint)| endpoint.as_ref().as_ref().err().map(|e| format!("provider `{key}`: {e}")))
             .collect();
         problems.sort();
         problems
@@ -167,6 +170,13 @@ impl RoutingHandle {
         let previous = self.current.load_full();
         let mut targets: HashMap<String, HashMap<String, Arc<LiveTarget>>> = HashMap::new();
         let mut providers = HashMap::new();
+        for (key, provider) in &snapshot.table.providers {
+            let stats = previous
+                .as_ref()
+                .and_then(|p| p.providers.get(key).cloned())
+                .unwrap_or_else(|| Arc::new(ProviderStats::new(provider.limits.clone())));
+            providers.insert(key.clone(), stats);
+        }
         for (alias, route) in &snapshot.table.routes {
             let all = route.targets.iter().chain(route.canary.as_ref().map(|c| &c.target));
             for target in all {
@@ -198,18 +208,13 @@ impl RoutingHandle {
                     route_header: header(alias),
                     name_header: header(&target.name),
                     stats,
+                    provider_stats: providers.get(&target.provider).cloned(),
+                    endpoint: endpoints.get(&target.provider).cloned(),
                     pricing: Pricing::for_target(kind, target),
                     encoding: Encoding::for_model(kind, &target.model).0,
                 };
                 targets.entry(key.0).or_default().insert(key.1, Arc::new(live));
             }
-        }
-        for (key, provider) in &snapshot.table.providers {
-            let stats = previous
-                .as_ref()
-                .and_then(|p| p.providers.get(key).cloned())
-                .unwrap_or_else(|| Arc::new(ProviderStats::new(provider.limits.clone())));
-            providers.insert(key.clone(), stats);
         }
         self.current.store(Some(Arc::new(Live { snapshot, targets, providers, endpoints })));
     }
