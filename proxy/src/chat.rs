@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use http_body_util::{BodyExt, StreamBody};
@@ -285,17 +285,39 @@ fn record_failure(metrics: &Metrics, request_id: &HeaderValue, started: Instant,
     );
 }
 
-/// Reads the whole body, up to [`MAX_BODY_BYTES`].
-async fn read_body(body: Incoming) -> Result<Bytes, ProxyError> {
-    let collected = http_body_util::Limited::new(body, MAX_BODY_BYTES).collect().await.map_err(|e| {
-        let message = if e.is::<http_body_util::LengthLimitError>() {
-            format!("the request body is larger than {MAX_BODY_BYTES} bytes")
-        } else {
-            format!("cannot read the request body: {e}")
-        };
-        ProxyError::BadRequest { message, param: None }
-    })?;
-    Ok(collected.to_bytes())
+/// Reads the whole body, up to [`MAX_BODY_BYTES`]. A body that arrives in
+/// one piece (the usual case) is passed on as it is, without a copy.
+async fn read_body(mut body: Incoming) -> Result<Bytes, ProxyError> {
+    let too_large = || ProxyError::BadRequest {
+        message: format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        param: None,
+    };
+    if http_body::Body::size_hint(&body).lower() > MAX_BODY_BYTES as u64 {
+        return Err(too_large());
+    }
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ProxyError::BadRequest {
+            message: format!("cannot read the request body: {e}"),
+            param: None,
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        let total = first.as_ref().map_or(0, Bytes::len) + joined.as_ref().map_or(0, BytesMut::len) + data.len();
+        if total > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        match (&mut first, &mut joined) {
+            (None, None) => first = Some(data),
+            (Some(_), None) => {
+                let mut all = BytesMut::from(first.take().unwrap_or_default());
+                all.extend_from_slice(&data);
+                joined = Some(all);
+            }
+            (_, Some(all)) => all.extend_from_slice(&data),
+        }
+    }
+    Ok(joined.map(BytesMut::freeze).or(first).unwrap_or_default())
 }
 
 /// One request's fixed inputs.

@@ -386,3 +386,49 @@ spec:
     assert_eq!(fake.hits(), 1, "an open circuit must keep requests away from the upstream");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_body_over_32_mib_is_refused_with_400_and_one_below_is_read_whole() {
+    let manifests = mock_provider("m", "")
+        + r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: chat}
+spec:
+  targets: [{provider: m, model: a}]
+"#;
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let url = format!("{}/v1/chat/completions", proxy.base);
+    // A valid request padded to just over the limit: declared up front, and sent chunked.
+    let padding = "x".repeat(proxy::chat::MAX_BODY_BYTES);
+    let big = format!(r#"{{"model":"chat","messages":[{{"role":"user","content":"hi"}}],"user":"{padding}"}}"#);
+    let declared = proxy.client.post(&url).body(big.clone()).send().await.unwrap();
+    assert_eq!(declared.status(), 400);
+    let body: Value = declared.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("larger than 33554432 bytes"), "{body}");
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = big.as_bytes().chunks(1 << 20).map(|c| Ok(c.to_vec())).collect();
+    let chunked = proxy
+        .client
+        .post(&url)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chunked.status(), 400);
+
+    // Many pieces that add up to a valid request are joined.
+    let small =
+        format!(r#"{{"model":"chat","messages":[{{"role":"user","content":"hi"}}],"user":"{}"}}"#, "y".repeat(3000));
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = small.as_bytes().chunks(100).map(|c| Ok(c.to_vec())).collect();
+    let response = proxy
+        .client
+        .post(&url)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    proxy.stop().await;
+}
