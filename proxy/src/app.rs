@@ -59,7 +59,7 @@ pub fn init_tracing(format: &str) -> std::io::Result<crate::logwriter::Guard> {
     if format == "text" {
         builder.with_ansi(false).init();
     } else {
-        builder.json().flatten_event(true).with_current_span(false).init();
+        builder.event_format(crate::jsonlog::JsonLines).init();
     }
     Ok(guard)
 }

@@ -19,6 +19,7 @@ pub mod client;
 pub mod cluster;
 pub mod cost;
 pub mod errors;
+pub mod jsonlog;
 pub mod logwriter;
 pub mod messages;
 pub mod metrics;
