@@ -932,6 +932,7 @@ impl Pump {
                 Ok(Some(Ok(event))) => match classify(&event.data) {
                     Chunk::Error(message) => format!("the upstream reported an error mid-stream: {message}"),
                     Chunk::Done => {
+                        self.rest.settle();
                         self.estimate_usage(true);
                         self.accept(event);
                         self.end(Outcome::Ok);

@@ -604,6 +604,28 @@ impl Body {
         Ok(all.freeze())
     }
 
+    /// Reads what the buffer already holds of the body's framing (a chunked
+    /// body's last chunk and trailers) without waiting for more bytes, so
+    /// that a reader that has seen all it wants (a stream's `[DONE]`) can
+    /// release the connection to the pool instead of closing it. Does
+    /// nothing when data is still to come.
+    pub fn settle(&mut self) {
+        let Some(conn) = self.conn.as_mut() else { return };
+        let framing_only = match &mut self.framing {
+            Framing::Length(0) => Ok(Step::End),
+            Framing::Chunked(state) => chunk_framing(state, &mut conn.buf),
+            Framing::Length(_) | Framing::UntilClose => Ok(Step::More),
+        };
+        match framing_only {
+            Ok(Step::End) => {
+                self.framing = Framing::Length(0);
+                self.end();
+            }
+            Ok(_) => {}
+            Err(_) => self.conn = None,
+        }
+    }
+
     /// The body was read to its end: the connection goes back to the pool
     /// when HTTP allows it and nothing else arrived behind the answer.
     fn end(&mut self) {
@@ -642,44 +664,59 @@ fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, ClientError> 
                 Ok(Step::Data(take(buf, buf.len())))
             }
         }
-        Framing::Chunked(state) => loop {
-            match *state {
-                Chunked::Size => {
-                    let Some((length, used)) = line(buf)? else { return Ok(Step::More) };
-                    let digits = buf[..length].split(|&b| b == b';').next().unwrap_or_default();
-                    let digits = std::str::from_utf8(digits).unwrap_or_default().trim();
-                    let size = u64::from_str_radix(digits, 16)
-                        .map_err(|_| ClientError::Protocol("the upstream sent an invalid chunk size".into()))?;
-                    buf.advance(used);
-                    *state = if size == 0 { Chunked::Trailers } else { Chunked::Data(size) };
+        Framing::Chunked(state) => match chunk_framing(state, buf)? {
+            Step::End => {
+                *framing = Framing::Length(0);
+                Ok(Step::End)
+            }
+            Step::More => Ok(Step::More),
+            Step::Data(_) => {
+                let Chunked::Data(left) = *state else { return Ok(Step::More) };
+                if buf.is_empty() {
+                    return Ok(Step::More);
                 }
-                Chunked::Data(left) => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    let take = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
-                    let rest = left - take as u64;
-                    *state = if rest == 0 { Chunked::DataEnd } else { Chunked::Data(rest) };
-                    return Ok(Step::Data(self::take(buf, take)));
-                }
-                Chunked::DataEnd => {
-                    let Some((length, used)) = line(buf)? else { return Ok(Step::More) };
-                    if length > 0 {
-                        return Err(ClientError::Protocol("the upstream's chunk is longer than its size".into()));
-                    }
-                    buf.advance(used);
-                    *state = Chunked::Size;
-                }
-                Chunked::Trailers => {
-                    let Some((length, used)) = line(buf)? else { return Ok(Step::More) };
-                    buf.advance(used);
-                    if length == 0 {
-                        *framing = Framing::Length(0);
-                        return Ok(Step::End);
-                    }
-                }
+                let take = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
+                let rest = left - take as u64;
+                *state = if rest == 0 { Chunked::DataEnd } else { Chunked::Data(rest) };
+                Ok(Step::Data(self::take(buf, take)))
             }
         },
+    }
+}
+
+/// Moves a chunked body's decoder over the framing `buf` holds (chunk-size
+/// lines, line ends, trailers) up to the next data or the end, consuming
+/// no data: `Data` (with nothing in it) when data comes next, `More` when
+/// the framing is incomplete, `End` after the last chunk's trailers.
+fn chunk_framing(state: &mut Chunked, buf: &mut BytesMut) -> Result<Step, ClientError> {
+    loop {
+        match *state {
+            Chunked::Size => {
+                let Some((length, used)) = line(buf)? else { return Ok(Step::More) };
+                let digits = buf[..length].split(|&b| b == b';').next().unwrap_or_default();
+                let digits = std::str::from_utf8(digits).unwrap_or_default().trim();
+                let size = u64::from_str_radix(digits, 16)
+                    .map_err(|_| ClientError::Protocol("the upstream sent an invalid chunk size".into()))?;
+                buf.advance(used);
+                *state = if size == 0 { Chunked::Trailers } else { Chunked::Data(size) };
+            }
+            Chunked::Data(_) => return Ok(Step::Data(Bytes::new())),
+            Chunked::DataEnd => {
+                let Some((length, used)) = line(buf)? else { return Ok(Step::More) };
+                if length > 0 {
+                    return Err(ClientError::Protocol("the upstream's chunk is longer than its size".into()));
+                }
+                buf.advance(used);
+                *state = Chunked::Size;
+            }
+            Chunked::Trailers => {
+                let Some((length, used)) = line(buf)? else { return Ok(Step::More) };
+                buf.advance(used);
+                if length == 0 {
+                    return Ok(Step::End);
+                }
+            }
+        }
     }
 }
 
@@ -737,6 +774,25 @@ mod tests {
         // Byte by byte.
         let pieces: Vec<&[u8]> = wire.chunks(1).collect();
         assert_eq!(decode(Framing::Chunked(Chunked::Size), &pieces).unwrap(), (b"hello, world".to_vec(), true));
+    }
+
+    #[test]
+    fn reading_only_the_framing_never_consumes_data() {
+        let mut state = Chunked::Size;
+        let mut buf = BytesMut::from(&b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n"[..]);
+        let mut framing = Framing::Chunked(state);
+        assert!(matches!(step(&mut framing, &mut buf), Ok(Step::Data(d)) if d.as_ref() == b"hello"));
+        let Framing::Chunked(after) = framing else { panic!("still chunked") };
+        state = after;
+        // The next chunk's size line is read, its data left where it is.
+        assert!(matches!(chunk_framing(&mut state, &mut buf), Ok(Step::Data(d)) if d.is_empty()));
+        assert!(matches!(state, Chunked::Data(5)));
+        assert_eq!(&buf[..], b"world\r\n0\r\n\r\n");
+        let mut framing = Framing::Chunked(state);
+        assert!(matches!(step(&mut framing, &mut buf), Ok(Step::Data(d)) if d.as_ref() == b"world"));
+        let Framing::Chunked(mut state) = framing else { panic!("still chunked") };
+        assert!(matches!(chunk_framing(&mut state, &mut buf), Ok(Step::End)));
+        assert!(buf.is_empty());
     }
 
     #[test]

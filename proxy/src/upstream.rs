@@ -597,6 +597,16 @@ impl Events {
         Self::Translated { body, parser: sse::Parser::default(), translator, ready: VecDeque::new(), ended: false }
     }
 
+    /// The stream's answer is complete (its `[DONE]` was read): lets the
+    /// upstream connection go back to the pool when the rest of its framing
+    /// has already arrived (see [`client::Body::settle`]).
+    pub fn settle(&mut self) {
+        match self {
+            Self::Http { body, .. } | Self::Translated { body, .. } => body.settle(),
+            Self::Mock(_) => {}
+        }
+    }
+
     /// The next event; `None` at the end of the stream.
     pub async fn next(&mut self) -> Option<Result<sse::Event, UpstreamError>> {
         match self {

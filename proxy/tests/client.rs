@@ -318,3 +318,33 @@ async fn https_upstreams_are_verified_and_their_connections_reused() {
         other => panic!("want a TLS failure, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_stream_read_up_to_its_last_event_can_release_its_connection() {
+    let server = Server::start(Arc::new(|_, _| {
+        let pieces = [
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+            // The last event and the end of the body arrive together, as they usually do.
+            "e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n",
+        ];
+        (pieces.iter().map(|p| p.as_bytes().to_vec()).collect(), false)
+    }))
+    .await;
+    let client = Client::new();
+    let uri = server.uri("http");
+    let target = Target::new(&uri, &headers(), &[]).unwrap();
+    let mut response = client.post(&target, &[], b"{}").await.unwrap();
+    assert_eq!(response.body.chunk().await.unwrap().unwrap().as_ref(), b"data: [DONE]\n\n");
+    // Not read to its end, but all of it is in: settling pools the connection.
+    response.body.settle();
+    assert_eq!(client.idle_connections(&server.addr.to_string()), 1);
+    drop(response);
+    assert_eq!(client.idle_connections(&server.addr.to_string()), 1);
+    client.post(&target, &[], b"{}").await.unwrap().body.bytes().await.unwrap();
+    assert_eq!(server.accepted(), 1);
+
+    // A stream with data still to come is left alone: dropping it closes the connection.
+    let mut response = client.post(&target, &[], b"{}").await.unwrap();
+    response.body.settle();
+    assert_eq!(client.idle_connections(&server.addr.to_string()), 0, "the connection is in use");
+}
