@@ -111,7 +111,9 @@ pub async fn watch(
             _ = hangup.recv() => true,
             _ = ticker.tick() => false,
         };
-        let now = fingerprint(&dir);
+        // Reading the files blocks: keep it off the request-serving threads too.
+        let polled = dir.clone();
+        let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&polled)).await else { continue };
         if forced || now != seen {
             seen = now;
             if forced {
