@@ -308,14 +308,7 @@ spec:
 
 #[tokio::test]
 async fn unknown_model_returns_openai_404_naming_the_known_aliases() {
-    let manifests = mock_provider("m", "")
-        + r#"
-apiVersion: switchyard.dev/v1alpha1
-kind: ModelRoute
-metadata: {name: chat}
-spec:
-  targets: [{provider: m, model: a}]
-"#;
+    let manifests = chat_on_mock();
     let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
     let response = proxy.chat_with(&chat_body("gpt-5", false), &[("x-request-id", "abc-123")]).await;
     assert_eq!(response.status(), 404);
@@ -389,14 +382,7 @@ spec:
 
 #[tokio::test]
 async fn a_request_body_over_32_mib_is_refused_with_400_and_one_below_is_read_whole() {
-    let manifests = mock_provider("m", "")
-        + r#"
-apiVersion: switchyard.dev/v1alpha1
-kind: ModelRoute
-metadata: {name: chat}
-spec:
-  targets: [{provider: m, model: a}]
-"#;
+    let manifests = chat_on_mock();
     let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
     let url = format!("{}/v1/chat/completions", proxy.base);
     // A valid request padded to just over the limit: declared up front, and sent chunked.
@@ -406,29 +392,34 @@ spec:
     assert_eq!(declared.status(), 400);
     let body: Value = declared.json().await.unwrap();
     assert!(body["error"]["message"].as_str().unwrap().contains("larger than 33554432 bytes"), "{body}");
-    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = big.as_bytes().chunks(1 << 20).map(|c| Ok(c.to_vec())).collect();
-    let chunked = proxy
-        .client
-        .post(&url)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
-        .send()
-        .await
-        .unwrap();
+    let chunked = post_in_pieces(&proxy, &url, &big, 1 << 20).await;
     assert_eq!(chunked.status(), 400);
 
     // Many pieces that add up to a valid request are joined.
     let small =
         format!(r#"{{"model":"chat","messages":[{{"role":"user","content":"hi"}}],"user":"{}"}}"#, "y".repeat(3000));
-    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = small.as_bytes().chunks(100).map(|c| Ok(c.to_vec())).collect();
-    let response = proxy
-        .client
-        .post(&url)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
-        .send()
-        .await
-        .unwrap();
+    let response = post_in_pieces(&proxy, &url, &small, 100).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["object"], "chat.completion");
     proxy.stop().await;
+}
+
+/// A mock provider `m` and a route `chat` with one target on it.
+fn chat_on_mock() -> String {
+    mock_provider("m", "")
+        + r#"
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: chat}
+spec:
+  targets: [{provider: m, model: a}]
+"#
+}
+
+/// POSTs `body` with chunked transfer encoding, `size` bytes per chunk.
+async fn post_in_pieces(proxy: &Proxy, url: &str, body: &str, size: usize) -> reqwest::Response {
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = body.as_bytes().chunks(size).map(|c| Ok(c.to_vec())).collect();
+    let stream = reqwest::Body::wrap_stream(futures_util::stream::iter(pieces));
+    proxy.client.post(url).body(stream).send().await.unwrap()
 }
