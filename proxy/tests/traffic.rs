@@ -385,15 +385,27 @@ async fn a_request_body_over_32_mib_is_refused_with_400_and_one_below_is_read_wh
     let manifests = chat_on_mock();
     let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
     let url = format!("{}/v1/chat/completions", proxy.base);
-    // A valid request padded to just over the limit: declared up front, and sent chunked.
-    let padding = "x".repeat(proxy::chat::MAX_BODY_BYTES);
-    let big = format!(r#"{{"model":"chat","messages":[{{"role":"user","content":"hi"}}],"user":"{padding}"}}"#);
-    let declared = proxy.client.post(&url).body(big.clone()).send().await.unwrap();
-    assert_eq!(declared.status(), 400);
-    let body: Value = declared.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("larger than 33554432 bytes"), "{body}");
-    let chunked = post_in_pieces(&proxy, &url, &big, 1 << 20).await;
-    assert_eq!(chunked.status(), 400);
+    let addr = proxy.base.trim_start_matches("http://").to_owned();
+    // Declared too large: refused from the head, before any of the body is sent.
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        proxy::chat::MAX_BODY_BYTES + 1
+    );
+    let answer = raw_exchange(&addr, head.as_bytes(), &[]).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("larger than 33554432 bytes"), "{answer}");
+    // Sent chunked: refused once the pieces pass the limit. The refusal may
+    // come while pieces are still being written; they are not waited for.
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\n\r\n"
+    );
+    let piece = format!("100000\r\n{}\r\n", "x".repeat(1 << 20));
+    let pieces = vec![piece.into_bytes(); proxy::chat::MAX_BODY_BYTES / (1 << 20) + 1];
+    let answer = raw_exchange(&addr, head.as_bytes(), &pieces).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("larger than 33554432 bytes"), "{answer}");
 
     // Many pieces that add up to a valid request are joined.
     let small =
@@ -422,4 +434,39 @@ async fn post_in_pieces(proxy: &Proxy, url: &str, body: &str, size: usize) -> re
     let pieces: Vec<Result<Vec<u8>, std::io::Error>> = body.as_bytes().chunks(size).map(|c| Ok(c.to_vec())).collect();
     let stream = reqwest::Body::wrap_stream(futures_util::stream::iter(pieces));
     proxy.client.post(url).body(stream).send().await.unwrap()
+}
+
+/// Writes `head`, then `pieces` until the server stops reading, and returns
+/// the server's answer (an error: a head and one JSON object). A raw socket,
+/// because an HTTP client that is still sending may report the server's
+/// early close instead of its answer.
+async fn raw_exchange(addr: &str, head: &[u8], pieces: &[Vec<u8>]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    write.write_all(head).await.unwrap();
+    let pieces = pieces.to_vec();
+    let writer = tokio::spawn(async move {
+        for piece in pieces {
+            if write.write_all(&piece).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = vec![0u8; 4096];
+    let mut filled = 0;
+    while filled < answer.len() {
+        // A server that never answers fails the test's assertions, not its time limit.
+        match tokio::time::timeout(Duration::from_secs(30), read.read(&mut answer[filled..])).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => filled += n,
+        }
+        // The error is one JSON object after the head: its last `}` ends it.
+        let got = &answer[..filled];
+        if got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"}") {
+            break;
+        }
+    }
+    writer.abort();
+    String::from_utf8_lossy(&answer[..filled]).into_owned()
 }
