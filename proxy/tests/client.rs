@@ -321,13 +321,16 @@ async fn https_upstreams_are_verified_and_their_connections_reused() {
 
 #[tokio::test]
 async fn a_stream_read_up_to_its_last_event_can_release_its_connection() {
-    let server = Server::start(Arc::new(|_, _| {
-        let pieces = [
-            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    let server = Server::start(Arc::new(|_, body| {
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        let rest = if body == "unfinished" {
+            // An event, and the stream goes on.
+            "5\r\nhello\r\n"
+        } else {
             // The last event and the end of the body arrive together, as they usually do.
-            "e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n",
-        ];
-        (pieces.iter().map(|p| p.as_bytes().to_vec()).collect(), false)
+            "e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
+        };
+        (vec![head.as_bytes().to_vec(), rest.as_bytes().to_vec()], false)
     }))
     .await;
     let client = Client::new();
@@ -343,8 +346,11 @@ async fn a_stream_read_up_to_its_last_event_can_release_its_connection() {
     client.post(&target, &[], b"{}").await.unwrap().body.bytes().await.unwrap();
     assert_eq!(server.accepted(), 1);
 
-    // A stream with data still to come is left alone: dropping it closes the connection.
-    let mut response = client.post(&target, &[], b"{}").await.unwrap();
+    // A stream with data still to come is left alone, however much of it has arrived.
+    let mut response = client.post(&target, &[], b"unfinished").await.unwrap();
+    response.body.settle();
+    assert_eq!(client.idle_connections(&server.addr.to_string()), 0, "the connection is in use");
+    assert_eq!(response.body.chunk().await.unwrap().unwrap().as_ref(), b"hello");
     response.body.settle();
     assert_eq!(client.idle_connections(&server.addr.to_string()), 0, "the connection is in use");
 }
