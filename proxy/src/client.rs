@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-/// How long an unused connection is kept.
+/// How long an unused connection is kept, by default.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per origin.
 const MAX_IDLE_PER_ORIGIN: usize = 256;
@@ -73,25 +73,14 @@ pub struct Client {
 }
 
 struct Inner {
-    /// Idle connections by authority (`host:port` as the URL spells it).
-    idle: Mutex<HashMap<Box<str>, Idle>>,
+    /// Idle connections by origin (`http://host:port` as the URL spells
+    /// it), oldest first. Boxed, so that a body (which holds one) stays
+    /// small and moving one in and out of the pool copies a pointer.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<HashMap<Box<str>, Vec<Box<Conn>>>>,
+    /// How long an unused connection is kept.
+    idle_timeout: Duration,
     tls: TlsConnector,
-}
-
-/// Connections are boxed so that a body (which holds one) stays small and
-/// moving one in and out of the pool copies a pointer.
-#[derive(Default)]
-#[allow(clippy::vec_box)]
-struct Idle {
-    plain: Vec<Box<Conn>>,
-    tls: Vec<Box<Conn>>,
-}
-
-#[allow(clippy::vec_box)]
-impl Idle {
-    fn list(&mut self, tls: bool) -> &mut Vec<Box<Conn>> {
-        if tls { &mut self.tls } else { &mut self.plain }
-    }
 }
 
 impl Default for Client {
@@ -118,7 +107,14 @@ impl Client {
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tls = TlsConnector::from(Arc::new(config));
-        Self { inner: Arc::new(Inner { idle: Mutex::default(), tls }) }
+        Self { inner: Arc::new(Inner { idle: Mutex::default(), idle_timeout: IDLE_TIMEOUT, tls }) }
+    }
+
+    /// The same client, keeping unused connections for `timeout` instead
+    /// of [`IDLE_TIMEOUT`]. Call before the first request.
+    pub fn with_idle_timeout(self, timeout: Duration) -> Self {
+        let tls = self.inner.tls.clone();
+        Self { inner: Arc::new(Inner { idle: Mutex::default(), idle_timeout: timeout, tls }) }
     }
 
     /// POSTs `body` to `target` with its headers and `extra`; returns once
@@ -131,13 +127,10 @@ impl Client {
         body: &[u8],
     ) -> Result<Response, ClientError> {
         let head = target.head(extra, body.len());
-        let now = Instant::now();
-        let mut conn = match self.inner.checkout(target, now) {
+        let mut conn = match self.inner.checkout(target) {
             Some(conn) => conn,
             None => self.connect(target).await?,
         };
-        // Idle time counts from this request's start: one clock read per request.
-        conn.idle_since = now;
         let sent = if body.len() < COPY_BODY_BELOW {
             let mut whole = head;
             whole.extend_from_slice(body);
@@ -158,7 +151,7 @@ impl Client {
     }
 
     async fn connect(&self, origin: &Target) -> Result<Box<Conn>, ClientError> {
-        let address = &origin.authority;
+        let address = &origin.origin;
         let connecting = TcpStream::connect((&*origin.host, origin.port));
         let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(tcp)) => tcp,
@@ -186,27 +179,27 @@ impl Client {
         Ok(Box::new(Conn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
-            key: address.clone(),
-            tls: origin.tls,
+            origin: address.clone(),
             reused: false,
             idle_since: Instant::now(),
         }))
     }
 
-    /// Idle connections kept for `authority` (tests).
-    pub fn idle_connections(&self, authority: &str) -> usize {
+    /// Idle connections kept for `target`'s origin (tests).
+    pub fn idle_connections(&self, target: &Target) -> usize {
         let idle = self.inner.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.get(authority).map_or(0, |i| i.plain.len() + i.tls.len())
+        idle.get(&target.origin).map_or(0, Vec::len)
     }
 }
 
 impl Inner {
     /// The most recently used idle connection that still looks usable.
-    fn checkout(&self, origin: &Target, now: Instant) -> Option<Box<Conn>> {
+    fn checkout(&self, target: &Target) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = idle.get_mut(&*origin.authority)?.list(origin.tls);
+        let list = idle.get_mut(&target.origin)?;
+        let now = Instant::now();
         while let Some(mut conn) = list.pop() {
-            if now.duration_since(conn.idle_since) < IDLE_TIMEOUT && conn.looks_open() {
+            if now.duration_since(conn.idle_since) < self.idle_timeout && conn.looks_open() {
                 conn.reused = true;
                 return Some(conn);
             }
@@ -214,17 +207,17 @@ impl Inner {
         None
     }
 
-    /// Pools a connection whose answer was read to its end. Its idle time
-    /// counts from the start of that request (no clock read here).
-    fn put(&self, conn: Box<Conn>) {
-        let now = conn.idle_since;
+    /// Pools a connection whose answer was read to its end.
+    fn put(&self, mut conn: Box<Conn>) {
+        let now = Instant::now();
+        conn.idle_since = now;
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = match idle.get_mut(&*conn.key) {
-            Some(entry) => entry.list(conn.tls),
-            None => idle.entry(conn.key.clone()).or_default().list(conn.tls),
+        let list = match idle.get_mut(&conn.origin) {
+            Some(list) => list,
+            None => idle.entry(conn.origin.clone()).or_default(),
         };
         // Drop connections that idled out: the oldest are at the front.
-        let expired = list.iter().take_while(|c| now.duration_since(c.idle_since) >= IDLE_TIMEOUT).count();
+        let expired = list.iter().take_while(|c| now.duration_since(c.idle_since) >= self.idle_timeout).count();
         list.drain(..expired);
         if list.len() < MAX_IDLE_PER_ORIGIN {
             list.push(conn);
@@ -237,8 +230,9 @@ impl Inner {
 #[derive(Clone)]
 pub struct Target {
     tls: bool,
-    /// As the URL spells it: the `host` header and the pool's key.
-    authority: Box<str>,
+    /// `http://` or `https://` and the authority as the URL spells it: the
+    /// pool's key.
+    origin: Box<str>,
     /// The host to connect to and verify (an IPv6 address without brackets).
     host: Box<str>,
     port: u16,
@@ -250,8 +244,7 @@ pub struct Target {
 /// Shows where the target points, never its headers.
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let scheme = if self.tls { "https" } else { "http" };
-        f.debug_struct("Target").field("origin", &format_args!("{scheme}://{}", self.authority)).finish()
+        f.debug_struct("Target").field("origin", &self.origin).finish()
     }
 }
 
@@ -280,7 +273,8 @@ impl Target {
                 header_line(&mut prefix, name, value);
             }
         }
-        Ok(Self { tls, authority: authority.as_str().into(), host: bare_host(authority.host()).into(), port, prefix })
+        let origin = format!("{}://{authority}", if tls { "https" } else { "http" }).into();
+        Ok(Self { tls, origin, host: bare_host(authority.host()).into(), port, prefix })
     }
 
     /// The whole head of a request with `extra` headers and a body of `length` bytes.
@@ -351,9 +345,8 @@ async fn read_head(conn: &mut Conn) -> Result<(u16, HeaderMap, Framing, bool), C
         let before = conn.buf.len();
         match conn.fill().await {
             Ok(0) if before == 0 => {
-                let when = if conn.reused { "an idle connection was closed by the upstream" } else { "" };
-                let message = format!("the upstream closed the connection before answering{}", suffix(when));
-                return Err(ClientError::Connect(message));
+                let when = if conn.reused { " (an idle connection was closed by the upstream)" } else { "" };
+                return Err(ClientError::Connect(format!("the upstream closed the connection before answering{when}")));
             }
             Ok(0) => {
                 return Err(ClientError::Broken("the upstream closed the connection inside the response head".into()));
@@ -365,10 +358,6 @@ async fn read_head(conn: &mut Conn) -> Result<(u16, HeaderMap, Framing, bool), C
             }
         }
     }
-}
-
-fn suffix(text: &str) -> String {
-    if text.is_empty() { String::new() } else { format!(" ({text})") }
 }
 
 /// RFC 9112 §6.3, for the answer to a POST.
@@ -471,8 +460,8 @@ impl AsyncWrite for Io {
 struct Conn {
     io: Io,
     buf: BytesMut,
-    key: Box<str>,
-    tls: bool,
+    /// The pool's key (see [`Target`]).
+    origin: Box<str>,
     /// Taken from the pool (a failure before the answer may mean the
     /// upstream closed it while it was idle).
     reused: bool,
@@ -491,9 +480,9 @@ impl Conn {
     /// of stream: closed; bytes on a plain connection: garbage; bytes on a
     /// TLS connection may be a session ticket, which rustls reads later).
     fn looks_open(&self) -> bool {
-        let tcp = match &self.io {
-            Io::Plain(tcp) => tcp,
-            Io::Tls(tls) => tls.get_ref().0,
+        let (tcp, tls) = match &self.io {
+            Io::Plain(tcp) => (tcp, false),
+            Io::Tls(stream) => (stream.get_ref().0, true),
         };
         let mut cx = Context::from_waker(Waker::noop());
         let mut byte = [0u8; 1];
@@ -501,13 +490,13 @@ impl Conn {
         match tcp.poll_peek(&mut cx, &mut peek) {
             Poll::Pending => true,
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(_)) => self.tls,
+            Poll::Ready(Ok(_)) => tls,
         }
     }
 
     fn describe(&self, doing: &str, error: &io::Error) -> String {
-        let when = if self.reused { "on a reused connection" } else { "" };
-        format!("{doing} to {}: {error}{}", self.key, suffix(when))
+        let when = if self.reused { " (on a reused connection)" } else { "" };
+        format!("{doing} to {}: {error}{when}", self.origin)
     }
 }
 
@@ -612,12 +601,12 @@ impl Body {
     pub fn settle(&mut self) {
         let Some(conn) = self.conn.as_mut() else { return };
         let framing_only = match &mut self.framing {
-            Framing::Length(0) => Ok(Step::End),
+            Framing::Length(0) => Ok(Framed::End),
             Framing::Chunked(state) => chunk_framing(state, &mut conn.buf),
-            Framing::Length(_) | Framing::UntilClose => Ok(Step::More),
+            Framing::Length(_) | Framing::UntilClose => Ok(Framed::More),
         };
         match framing_only {
-            Ok(Step::End) => {
+            Ok(Framed::End) => {
                 self.framing = Framing::Length(0);
                 self.end();
             }
@@ -645,6 +634,16 @@ enum Step {
     End,
 }
 
+/// Where a chunked body's framing leaves the decoder.
+enum Framed {
+    /// Chunk data is next.
+    Data,
+    /// The framing is incomplete: more bytes are needed.
+    More,
+    /// The last chunk and its trailers were read.
+    End,
+}
+
 /// Decodes what `buf` holds of the body.
 fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, ClientError> {
     match framing {
@@ -665,12 +664,12 @@ fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, ClientError> 
             }
         }
         Framing::Chunked(state) => match chunk_framing(state, buf)? {
-            Step::End => {
+            Framed::End => {
                 *framing = Framing::Length(0);
                 Ok(Step::End)
             }
-            Step::More => Ok(Step::More),
-            Step::Data(_) => {
+            Framed::More => Ok(Step::More),
+            Framed::Data => {
                 let Chunked::Data(left) = *state else { return Ok(Step::More) };
                 if buf.is_empty() {
                     return Ok(Step::More);
@@ -686,13 +685,12 @@ fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, ClientError> 
 
 /// Moves a chunked body's decoder over the framing `buf` holds (chunk-size
 /// lines, line ends, trailers) up to the next data or the end, consuming
-/// no data: `Data` (with nothing in it) when data comes next, `More` when
-/// the framing is incomplete, `End` after the last chunk's trailers.
-fn chunk_framing(state: &mut Chunked, buf: &mut BytesMut) -> Result<Step, ClientError> {
+/// no data.
+fn chunk_framing(state: &mut Chunked, buf: &mut BytesMut) -> Result<Framed, ClientError> {
     loop {
         match *state {
             Chunked::Size => {
-                let Some((length, used)) = line(buf)? else { return Ok(Step::More) };
+                let Some((length, used)) = line(buf)? else { return Ok(Framed::More) };
                 let digits = buf[..length].split(|&b| b == b';').next().unwrap_or_default();
                 let digits = std::str::from_utf8(digits).unwrap_or_default().trim();
                 let size = u64::from_str_radix(digits, 16)
@@ -700,9 +698,9 @@ fn chunk_framing(state: &mut Chunked, buf: &mut BytesMut) -> Result<Step, Client
                 buf.advance(used);
                 *state = if size == 0 { Chunked::Trailers } else { Chunked::Data(size) };
             }
-            Chunked::Data(_) => return Ok(Step::Data(Bytes::new())),
+            Chunked::Data(_) => return Ok(Framed::Data),
             Chunked::DataEnd => {
-                let Some((length, used)) = line(buf)? else { return Ok(Step::More) };
+                let Some((length, used)) = line(buf)? else { return Ok(Framed::More) };
                 if length > 0 {
                     return Err(ClientError::Protocol("the upstream's chunk is longer than its size".into()));
                 }
@@ -710,10 +708,10 @@ fn chunk_framing(state: &mut Chunked, buf: &mut BytesMut) -> Result<Step, Client
                 *state = Chunked::Size;
             }
             Chunked::Trailers => {
-                let Some((length, used)) = line(buf)? else { return Ok(Step::More) };
+                let Some((length, used)) = line(buf)? else { return Ok(Framed::More) };
                 buf.advance(used);
                 if length == 0 {
-                    return Ok(Step::End);
+                    return Ok(Framed::End);
                 }
             }
         }
@@ -785,13 +783,13 @@ mod tests {
         let Framing::Chunked(after) = framing else { panic!("still chunked") };
         state = after;
         // The next chunk's size line is read, its data left where it is.
-        assert!(matches!(chunk_framing(&mut state, &mut buf), Ok(Step::Data(d)) if d.is_empty()));
+        assert!(matches!(chunk_framing(&mut state, &mut buf), Ok(Framed::Data)));
         assert!(matches!(state, Chunked::Data(5)));
         assert_eq!(&buf[..], b"world\r\n0\r\n\r\n");
         let mut framing = Framing::Chunked(state);
         assert!(matches!(step(&mut framing, &mut buf), Ok(Step::Data(d)) if d.as_ref() == b"world"));
         let Framing::Chunked(mut state) = framing else { panic!("still chunked") };
-        assert!(matches!(chunk_framing(&mut state, &mut buf), Ok(Step::End)));
+        assert!(matches!(chunk_framing(&mut state, &mut buf), Ok(Framed::End)));
         assert!(buf.is_empty());
     }
 
@@ -839,7 +837,7 @@ mod tests {
     fn targets_know_where_to_connect() {
         let at = |url: &str| Target::new(&url.parse().unwrap(), &HeaderMap::new(), &[]).unwrap();
         let v6 = at("http://[::1]:8000/v1/chat/completions");
-        assert_eq!((&*v6.host, &*v6.authority, v6.port), ("::1", "[::1]:8000", 8000));
+        assert_eq!((&*v6.host, &*v6.origin, v6.port), ("::1", "http://[::1]:8000", 8000));
         assert!(v6.prefix.starts_with(b"POST /v1/chat/completions HTTP/1.1\r\nhost: [::1]:8000\r\n"));
         let tls = at("https://api.openai.com/v1/chat/completions");
         assert_eq!((&*tls.host, tls.port, tls.tls), ("api.openai.com", 443, true));
@@ -861,7 +859,7 @@ mod tests {
         let fixed = headers(&[("accept", "text/plain"), ("authorization", "Bearer k"), ("content-length", "99")]);
         let json = HeaderValue::from_static("application/json");
         let target = Target::new(&uri, &fixed, &[http::header::ACCEPT]).unwrap();
-        assert_eq!(format!("{target:?}"), "Target { origin: http://127.0.0.1:8000 }", "no header in debug output");
+        assert_eq!(format!("{target:?}"), r#"Target { origin: "http://127.0.0.1:8000" }"#, "no header in debug output");
         let head = target.head(&[(http::header::ACCEPT, &json)], 12);
         assert_eq!((&*target.host, target.port, target.tls), ("127.0.0.1", 8000, false));
         assert_eq!(

@@ -61,6 +61,11 @@ impl Server {
         format!("{scheme}://{}/v1/chat/completions", self.addr).parse().unwrap()
     }
 
+    /// The server's address as a target (the client's pool is keyed by it).
+    fn target(&self, scheme: &str) -> Target {
+        Target::new(&self.uri(scheme), &HeaderMap::new(), &[]).unwrap()
+    }
+
     fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
@@ -147,7 +152,7 @@ async fn sequential_requests_share_one_connection_and_send_the_exact_head() {
         assert_eq!(body, format!("{{\"echo\":{i}}}").as_bytes());
     }
     assert_eq!(server.accepted(), 1, "one connection for five sequential requests");
-    assert_eq!(client.idle_connections(&server.addr.to_string()), 1);
+    assert_eq!(client.idle_connections(&server.target("http")), 1);
     let head = server.heads.recv().await.unwrap();
     assert_eq!(
         head,
@@ -175,6 +180,27 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_reused() {
 }
 
 #[tokio::test]
+async fn idle_time_counts_from_the_end_of_the_last_answer_not_its_start() {
+    // An answer that takes about 300 ms to arrive, byte by byte.
+    let server = Server::start(Arc::new(|_, _| {
+        let mut pieces = vec![b"HTTP/1.1 200 OK\r\ncontent-length: 60\r\n\r\n".to_vec()];
+        pieces.extend((0..60).map(|_| b"x".to_vec()));
+        (pieces, false)
+    }))
+    .await;
+    let client = Client::new().with_idle_timeout(Duration::from_millis(200));
+    let target = server.target("http");
+    assert_eq!(client.post(&target, &[], b"{}").await.unwrap().body.bytes().await.unwrap().len(), 60);
+    // Idle for a moment, much less than the timeout: the connection is reused.
+    client.post(&target, &[], b"{}").await.unwrap().body.bytes().await.unwrap();
+    assert_eq!(server.accepted(), 1, "a connection whose request outlasted the idle timeout was dropped");
+    // Idle for longer than the timeout: a fresh connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.post(&target, &[], b"{}").await.unwrap().body.bytes().await.unwrap();
+    assert_eq!(server.accepted(), 2);
+}
+
+#[tokio::test]
 async fn connection_close_and_bodies_until_close_are_not_pooled() {
     let server = Server::start(Arc::new(|connection, _| {
         if connection == 0 {
@@ -187,9 +213,9 @@ async fn connection_close_and_bodies_until_close_are_not_pooled() {
     let client = Client::new();
     let uri = server.uri("http");
     assert_eq!(post(&client, &uri, "").await.unwrap().2, b"hi");
-    assert_eq!(client.idle_connections(&server.addr.to_string()), 0);
+    assert_eq!(client.idle_connections(&server.target("http")), 0);
     assert_eq!(post(&client, &uri, "").await.unwrap().2, b"until the end");
-    assert_eq!(client.idle_connections(&server.addr.to_string()), 0);
+    assert_eq!(client.idle_connections(&server.target("http")), 0);
     assert_eq!(server.accepted(), 2);
 }
 
@@ -233,7 +259,7 @@ async fn dropping_a_body_before_its_end_closes_the_connection() {
     drop(response);
     let closed = tokio::time::timeout(Duration::from_secs(5), server.closed.recv()).await;
     assert_eq!(closed.unwrap(), Some(0), "the server sees the connection close");
-    assert_eq!(client.idle_connections(&server.addr.to_string()), 0);
+    assert_eq!(client.idle_connections(&server.target("http")), 0);
 }
 
 #[tokio::test]
@@ -340,17 +366,17 @@ async fn a_stream_read_up_to_its_last_event_can_release_its_connection() {
     assert_eq!(response.body.chunk().await.unwrap().unwrap().as_ref(), b"data: [DONE]\n\n");
     // Not read to its end, but all of it is in: settling pools the connection.
     response.body.settle();
-    assert_eq!(client.idle_connections(&server.addr.to_string()), 1);
+    assert_eq!(client.idle_connections(&server.target("http")), 1);
     drop(response);
-    assert_eq!(client.idle_connections(&server.addr.to_string()), 1);
+    assert_eq!(client.idle_connections(&server.target("http")), 1);
     client.post(&target, &[], b"{}").await.unwrap().body.bytes().await.unwrap();
     assert_eq!(server.accepted(), 1);
 
     // A stream with data still to come is left alone, however much of it has arrived.
     let mut response = client.post(&target, &[], b"unfinished").await.unwrap();
     response.body.settle();
-    assert_eq!(client.idle_connections(&server.addr.to_string()), 0, "the connection is in use");
+    assert_eq!(client.idle_connections(&server.target("http")), 0, "the connection is in use");
     assert_eq!(response.body.chunk().await.unwrap().unwrap().as_ref(), b"hello");
     response.body.settle();
-    assert_eq!(client.idle_connections(&server.addr.to_string()), 0, "the connection is in use");
+    assert_eq!(client.idle_connections(&server.target("http")), 0, "the connection is in use");
 }
