@@ -125,7 +125,7 @@ fn accounting(live: &Live) -> Value {
     let table = &live.snapshot.table;
     let routes = table.routes.iter().map(|(alias, route)| {
         let targets = route.targets.iter().chain(route.canary.as_ref().map(|c| &c.target)).map(|target| {
-            let kind = plan::kind_of(live, target);
+            let kind = plan::kind_of(table, target);
             let price = Pricing::for_target(kind, target).map(|pricing| {
                 let (source, row, note) = match pricing.source {
                     PriceSource::Manifest => ("manifest", None, None),

@@ -19,7 +19,7 @@ use crate::errors::ProxyError;
 use crate::messages;
 use crate::metrics::Metrics;
 use crate::request::Operation;
-use crate::server::{self, Body, Handler, full};
+use crate::server::{self, Body, Handler, X_REQUEST_ID, full};
 use crate::source;
 use crate::state::RoutingHandle;
 use crate::upstream::Upstreams;
@@ -117,12 +117,10 @@ impl DataPlane {
         *response.status_mut() = StatusCode::OK;
         let headers = response.headers_mut();
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert("x-request-id", request_id.clone());
+        headers.insert(X_REQUEST_ID, request_id.clone());
         Ok(response)
     }
 }
-
-const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// A fresh `req_<32 hex>` request id.
 pub(crate) fn new_request_id() -> HeaderValue {

@@ -37,14 +37,13 @@ use crate::metrics::{FallbackLabels, Metrics, RequestLabels, RouteTargetLabels};
 use crate::plan::{self, Candidate, Steering};
 use crate::ratelimit::RateLimits;
 use crate::request::{ApiRequest, Operation};
-use crate::server::{Body, full};
+use crate::server::{Body, X_REQUEST_ID, full};
 use crate::sse;
 use crate::state::{Live, LiveTarget, RoutingHandle};
 use crate::tokens::Prompt;
 use crate::translate::TokenUsage;
 use crate::upstream::{Call, Endpoint, Events, Reply, Upstreams};
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_SWITCHYARD_ROUTE: HeaderName = HeaderName::from_static("x-switchyard-route");
 const X_SWITCHYARD_TARGET: HeaderName = HeaderName::from_static("x-switchyard-target");
 const X_SWITCHYARD_ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
@@ -180,13 +179,12 @@ async fn serve(
         count_tried(candidate, &outcome, attempts.len() > before);
         let error = match outcome {
             Ok(answer) => {
-                let target = candidate.entry;
                 let first = plan.candidates[0].target;
                 let served = Served {
                     ctx: ctx.clone(),
                     live: live.clone(),
                     request: body.clone(),
-                    serving: target.clone(),
+                    serving: candidate.entry.clone(),
                     alias: route.alias.clone(),
                     first_choice: (first.name != candidate.target.name).then(|| first.name.clone()),
                     fallback: candidate.fallback,
@@ -240,10 +238,7 @@ async fn serve(
 /// after at least one attempt, was tried. An upstream that refused the
 /// client's request as invalid is not the target's failure.
 fn count_tried(candidate: &Candidate<'_>, outcome: &Result<Answer, UpstreamError>, attempted: bool) {
-    if !(outcome.is_ok() || attempted) {
-        return;
-    }
-    {
+    if outcome.is_ok() || attempted {
         candidate.entry.stats.counters.record_tried(outcome.as_ref().is_err_and(|e| e.class() != Class::Final));
     }
 }
@@ -661,7 +656,7 @@ impl Served {
                     headers.insert(X_SWITCHYARD_COST_USD, value);
                 }
                 let elapsed = self.started.elapsed();
-                self.finish_after(Outcome::Ok, account, Some(elapsed), elapsed);
+                self.finish(Outcome::Ok, account, Some(elapsed), elapsed);
                 headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 let mut response = Response::new(full(bytes));
                 *response.headers_mut() = headers;
@@ -718,14 +713,8 @@ impl Served {
         Account { usage, estimated, cost: self.serving.pricing.map(|p| p.cost(&usage)) }
     }
 
-    /// Counts and logs the request; called exactly once.
-    fn finish(self, outcome: Outcome, account: Account, ttft: Option<Duration>) {
-        let duration = self.started.elapsed();
-        self.finish_after(outcome, account, ttft, duration);
-    }
-
-    /// [`Self::finish`] for a request that took `duration`.
-    fn finish_after(self, outcome: Outcome, account: Account, ttft: Option<Duration>, duration: Duration) {
+    /// Counts and logs the request, which took `duration`; called exactly once.
+    fn finish(self, outcome: Outcome, account: Account, ttft: Option<Duration>, duration: Duration) {
         let stats = &self.serving.stats;
         let metrics = &stats.metrics;
         let Account { usage, estimated, cost } = account;
@@ -959,7 +948,8 @@ impl Pump {
         self.ended = true;
         self.estimate_usage(false);
         if let (Some(served), Some(account)) = (self.served.take(), self.usage) {
-            served.finish(outcome, account, Some(self.ttft));
+            let duration = served.started.elapsed();
+            served.finish(outcome, account, Some(self.ttft), duration);
         }
     }
 }
@@ -970,7 +960,8 @@ impl Drop for Pump {
         // (right after this) closes the upstream connection.
         self.estimate_usage(false);
         if let (Some(served), Some(account)) = (self.served.take(), self.usage) {
-            served.finish(Outcome::ClientClosed, account, Some(self.ttft));
+            let duration = served.started.elapsed();
+            served.finish(Outcome::ClientClosed, account, Some(self.ttft), duration);
         }
     }
 }

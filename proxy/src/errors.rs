@@ -357,7 +357,7 @@ impl ProxyError {
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert("x-request-id", request_id.clone());
+        headers.insert(crate::server::X_REQUEST_ID, request_id.clone());
         // The last target tried, so that a failed request says where it failed.
         if let Some(last) = self.attempts().last()
             && let Ok(target) = HeaderValue::from_str(&last.target)

@@ -111,9 +111,13 @@ impl LogWriter {
         while state.buffer.len() >= MAX_BYTES && !state.stopping {
             state = self.shared.drained.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
+        // Wake the writer once, when a reason to write early appears: each
+        // wake is a system call, and until the writer runs every line after
+        // the first would make another one.
+        let was_due = state.urgent || state.buffer.len() >= FLUSH_BYTES;
         state.buffer.extend_from_slice(bytes);
-        let wake = urgent || state.buffer.len() >= FLUSH_BYTES;
         state.urgent |= urgent;
+        let wake = !was_due && (state.urgent || state.buffer.len() >= FLUSH_BYTES);
         drop(state);
         if wake {
             self.shared.wake.notify_one();

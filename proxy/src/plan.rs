@@ -8,7 +8,7 @@
 //! message in case nothing is left.
 
 use rand::Rng;
-use routing::table::{FULL_SHARE, ProviderKind, Route, Strategy, Target};
+use routing::table::{FULL_SHARE, ProviderKind, Route, RoutingTable, Strategy, Target};
 
 use std::sync::Arc;
 
@@ -175,8 +175,8 @@ fn price_of(live: &Live, route: &Route, target: &Target) -> f64 {
 /// The provider kind of a target (the table check guarantees its provider
 /// exists; a missing one counts as OpenAI-compatible, which has no built-in
 /// prices).
-pub fn kind_of(live: &Live, target: &Target) -> ProviderKind {
-    live.snapshot.table.providers.get(&target.provider).map_or(ProviderKind::OpenaiCompatible, |p| p.kind)
+pub fn kind_of(table: &RoutingTable, target: &Target) -> ProviderKind {
+    table.providers.get(&target.provider).map_or(ProviderKind::OpenaiCompatible, |p| p.kind)
 }
 
 /// FNV-1a with a splitmix64 finaliser: a stable, well-mixed hash, so sticky

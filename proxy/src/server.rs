@@ -19,6 +19,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// The request id header: taken from the client when it sends one, made up
+/// otherwise, and passed to the upstream and back in every answer.
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// Response body of every handler: a full buffer or a stream.
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 

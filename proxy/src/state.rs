@@ -26,7 +26,6 @@ pub struct Live {
     /// By alias, then target name (looked up by `&str`, no allocation).
     targets: HashMap<String, HashMap<String, Arc<LiveTarget>>>,
     providers: HashMap<String, Arc<ProviderStats>>,
-    endpoints: HashMap<String, Arc<Result<Endpoint, String>>>,
 }
 
 /// What the table knows about one target, worked out when it is installed.
@@ -57,16 +56,6 @@ impl Live {
     /// Runtime state of a route's target (alias, target name).
     pub fn target_stats(&self, alias: &str, target: &str) -> Option<&Arc<TargetStats>> {
         self.target(alias, target).map(|t| &t.stats)
-    }
-
-    /// The prepared HTTP endpoint of a provider (by provider key); `None` for `mock`.
-    pub fn endpoint(&self, provider: &str) -> Option<&Result<Endpoint, String>> {
-        self.endpoints.get(provider).map(|e| &**e)
-    }
-
-    /// Runtime state of a provider (by provider key).
-    pub fn provider_stats(&self, provider: &str) -> Option<&Arc<ProviderStats>> {
-        self.providers.get(provider)
     }
 
     /// The report counters of every target of the table, by route and target.
@@ -196,8 +185,7 @@ impl RoutingHandle {
                         let counters = self.counters(&key);
                         Arc::new(TargetStats::new(target.provider.clone(), metrics, counters))
                     });
-                let kind = snapshot.table.providers.get(&target.provider).map(|p| p.kind);
-                let kind = kind.unwrap_or(routing::table::ProviderKind::OpenaiCompatible);
+                let kind = crate::plan::kind_of(&snapshot.table, target);
                 // Aliases and target names are DNS labels: valid header values.
                 let header =
                     |text: &str| http::HeaderValue::from_str(text).unwrap_or(http::HeaderValue::from_static("invalid"));
@@ -216,7 +204,7 @@ impl RoutingHandle {
                 targets.entry(key.0).or_default().insert(key.1, Arc::new(live));
             }
         }
-        self.current.store(Some(Arc::new(Live { snapshot, targets, providers, endpoints })));
+        self.current.store(Some(Arc::new(Live { snapshot, targets, providers })));
     }
 
     /// The report counters of a target, created on first use and kept for

@@ -21,6 +21,7 @@ use crate::errors::UpstreamError;
 use crate::mock::MockStream;
 use crate::ratelimit::RateLimits;
 use crate::request::{ApiRequest, Operation};
+use crate::server::X_REQUEST_ID;
 use crate::sse;
 use crate::translate::anthropic::{self, AnthropicDefaults};
 use crate::translate::gemini::{self, GeminiDefaults};
@@ -41,7 +42,6 @@ pub struct Call<'a> {
     pub rate_limits: &'a Mutex<Option<RateLimits>>,
 }
 
-const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 const ANTHROPIC_VERSION: http::HeaderName = http::HeaderName::from_static("anthropic-version");
 static EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -162,11 +162,6 @@ pub struct Upstreams {
 impl Upstreams {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Upstreams reached through `client` (tests: one that trusts a test CA).
-    pub fn with_client(client: Client) -> Self {
-        Self { client }
     }
 
     /// Sends the attempt. Returns once the response head (and, for

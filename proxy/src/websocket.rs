@@ -136,7 +136,7 @@ pub fn accept(
     if let Ok(accept) = HeaderValue::try_from(key) {
         out.insert("sec-websocket-accept", accept);
     }
-    out.insert("x-request-id", request_id.clone());
+    out.insert(crate::server::X_REQUEST_ID, request_id.clone());
     response
 }
 
@@ -151,7 +151,7 @@ fn upgrade_required(request_id: &HeaderValue) -> Response<Body> {
     let headers = response.headers_mut();
     headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert("sec-websocket-version", HeaderValue::from_static("13"));
-    headers.insert("x-request-id", request_id.clone());
+    headers.insert(crate::server::X_REQUEST_ID, request_id.clone());
     response
 }
 
