@@ -6,14 +6,18 @@
 #
 # Layout (2 cores needed):
 #   core 1: the upstream (nginx returning a fixed chat.completion JSON) + wrk
-#   core 0: the system under test, one at a time (nothing for "direct")
+#   core 0: the systems under test (nginx as reverse proxy, Switchyard at
+#           RUST_LOG=warn and at info), all started up front and loaded one
+#           at a time (nothing for "direct")
 #
 # Environment knobs (all optional):
-#   BENCH_DURATION=10       seconds of each measured wrk run
-#   BENCH_WARMUP=2          seconds of the unmeasured wrk run before each
+#   BENCH_ROUNDS=5          rounds; each runs every path at each connection
+#                           count; the report gives medians over the rounds
+#   BENCH_DURATION=4        seconds of each measured wrk run
+#   BENCH_WARMUP=2          seconds of the unmeasured wrk run per path, once
 #   BENCH_CONNS_LATENCY=8   connections of the latency run
 #   BENCH_CONNS_THROUGHPUT=64  connections of the throughput run
-#   BENCH_DURATION_SINGLE=5 seconds of the 1-connection run (per-hop latency
+#   BENCH_DURATION_SINGLE=2 seconds of the 1-connection run (per-hop latency
 #                           without queueing)
 #   SWITCHYARD_PROXY_BIN=path  use this binary instead of building one
 #   BENCH_NICE=-20          nice level of everything the benchmark starts
@@ -30,11 +34,12 @@ set -Eeuo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH="$ROOT/bench"
 OUT="$BENCH/out"
-DURATION="${BENCH_DURATION:-10}"
+ROUNDS="${BENCH_ROUNDS:-5}"
+DURATION="${BENCH_DURATION:-4}"
 WARMUP="${BENCH_WARMUP:-2}"
 CONNS_LAT="${BENCH_CONNS_LATENCY:-8}"
 CONNS_TPUT="${BENCH_CONNS_THROUGHPUT:-64}"
-DURATION_SINGLE="${BENCH_DURATION_SINGLE:-5}"
+DURATION_SINGLE="${BENCH_DURATION_SINGLE:-2}"
 SUT_CORE=0
 LOAD_CORE=1
 if [[ $EUID -eq 0 ]]; then NICE="${BENCH_NICE:--20}"; else NICE="${BENCH_NICE:-0}"; fi
@@ -144,17 +149,6 @@ wait_http() {
   done
   tail -n 30 "$logfile" >&2 || true
   die "$what not ready at $url after 30 s"
-}
-
-stop_pid() {
-  local pid="$1"
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  local kept=()
-  for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || kept+=("$p"); done
-  PIDS=("${kept[@]}")
 }
 
 # cpu_ticks PID...: utime+stime (clock ticks, all threads) summed over the PIDs.
@@ -338,43 +332,58 @@ run_wrk() {
 
 field() { sed -n "s/.* $2=\([0-9.]*\).*/\1/p" <<<" $1"; }
 
-declare -A R   # R[key.metric]
+declare -A R   # R[key.metric] and R[key.metric.round]
 SUT_LOG=""     # log of the system under test, shown when wrk reports errors
-MEASURE_LOG="" # when set: a log file whose growth during the latency run is recorded
-# measure KEY URL PIDS...: warm-up + latency run + warm-up + throughput run +
-# single-connection run; CPU time of PIDS (the system under test) sampled
-# around the latency run.
-measure() {
-  local key="$1" url="$2"
-  shift 2
-  local pids=("$@") line c0=0 c1=0 l0=0 l1=0
-  log "$key: warm-up ${WARMUP}s, then ${DURATION}s at $CONNS_LAT connections"
-  run_wrk "$CONNS_LAT" "$WARMUP" "$url" "$WORK/$key.warm1.txt" >/dev/null
-  ((${#pids[@]})) && c0=$(cpu_ticks "${pids[@]}")
-  [[ -n "$MEASURE_LOG" ]] && l0=$(stat -c %s "$MEASURE_LOG")
-  line=$(run_wrk "$CONNS_LAT" "$DURATION" "$url" "$WORK/$key.c$CONNS_LAT.txt")
-  ((${#pids[@]})) && c1=$(cpu_ticks "${pids[@]}")
-  [[ -n "$MEASURE_LOG" ]] && l1=$(stat -c %s "$MEASURE_LOG")
-  R[$key.log_bytes]=$((l1 - l0))
-  R[$key.rps8]=$(field "$line" rps)
-  R[$key.req8]=$(field "$line" requests)
-  R[$key.p50]=$(field "$line" p50_us)
-  R[$key.p90]=$(field "$line" p90_us)
-  R[$key.p99]=$(field "$line" p99_us)
-  R[$key.cpu_us_per_req]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="${R[$key.req8]}" \
-    'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')
-  log "$key: ${R[$key.rps8]} req/s, p50 ${R[$key.p50]} us, p99 ${R[$key.p99]} us"
-  log "$key: warm-up ${WARMUP}s, then ${DURATION}s at $CONNS_TPUT connections"
-  run_wrk "$CONNS_TPUT" "$WARMUP" "$url" "$WORK/$key.warm2.txt" >/dev/null
-  line=$(run_wrk "$CONNS_TPUT" "$DURATION" "$url" "$WORK/$key.c$CONNS_TPUT.txt")
-  R[$key.rps64]=$(field "$line" rps)
-  R[$key.p99_64]=$(field "$line" p99_us)
-  log "$key: ${R[$key.rps64]} req/s, p99 ${R[$key.p99_64]} us"
-  log "$key: ${DURATION_SINGLE}s at 1 connection"
-  line=$(run_wrk 1 "$DURATION_SINGLE" "$url" "$WORK/$key.c1.txt")
-  R[$key.p50_1]=$(field "$line" p50_us)
-  R[$key.p99_1]=$(field "$line" p99_us)
-  log "$key: p50 ${R[$key.p50_1]} us, p99 ${R[$key.p99_1]} us"
+
+# cpu_of KEY: CPU ticks of that path's processes (0 for "direct").
+cpu_of() {
+  local pids
+  read -ra pids <<<"${SUT_PIDS[$1]}"
+  if ((${#pids[@]})); then cpu_ticks "${pids[@]}"; else echo 0; fi
+}
+# steal_ticks: time the hypervisor gave neither core to this VM (clock ticks,
+# both cores), from /proc/stat.
+steal_ticks() { awk -v a="cpu$SUT_CORE" -v b="cpu$LOAD_CORE" '$1 == a || $1 == b { s += $9 } END { print s }' /proc/stat; }
+log_size() { if [[ -n "${LOGFILE[$1]:-}" ]]; then stat -c %s "${LOGFILE[$1]}"; else echo 0; fi; }
+
+# measure_run KEY ROUND CONNS SECONDS: one measured run of that path; stores
+# rps, requests, p50, p90 and p99 as R[KEY.<metric>.c<CONNS>.ROUND]; at
+# CONNS_LAT it adds its CPU ticks, log bytes and requests to the path's totals.
+measure_run() {
+  local key="$1" round="$2" conns="$3" secs="$4" line c0 c1 l0 l1 s0 s1 m
+  SUT_LOG="${LOGFILE[$key]:-}"
+  c0=$(cpu_of "$key")
+  l0=$(log_size "$key")
+  s0=$(steal_ticks)
+  line=$(run_wrk "$conns" "$secs" "${URL[$key]}" "$WORK/$key.c$conns.r$round.txt")
+  s1=$(steal_ticks)
+  c1=$(cpu_of "$key")
+  l1=$(log_size "$key")
+  for m in rps requests p50_us p90_us p99_us duration_s; do
+    R[$key.$m.c$conns.$round]=$(field "$line" "$m")
+  done
+  # Share of the two cores' time taken by the hypervisor during the run.
+  R[$key.steal.c$conns.$round]=$(awk -v t=$((s1 - s0)) -v hz="$CLK_TCK" -v d="${R[$key.duration_s.c$conns.$round]}" \
+    'BEGIN { printf "%.2f", 100 * t / hz / (2 * d) }')
+  if [[ $conns == "$CONNS_LAT" ]]; then
+    R[$key.ticks]=$((${R[$key.ticks]:-0} + c1 - c0))
+    R[$key.log_bytes]=$((${R[$key.log_bytes]:-0} + l1 - l0))
+    R[$key.requests]=$((${R[$key.requests]:-0} + ${R[$key.requests.c$conns.$round]}))
+  fi
+  log "round $round, $key @$conns: $(f1 "${R[$key.rps.c$conns.$round]}") req/s, p50 ${R[$key.p50_us.c$conns.$round]} us, p99 ${R[$key.p99_us.c$conns.$round]} us"
+}
+
+# median / lowest / highest of the arguments.
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+lowest() { printf '%s\n' "$@" | sort -g | head -n 1; }
+highest() { printf '%s\n' "$@" | sort -g | tail -n 1; }
+f1() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
+
+# per_round KEY METRIC CONNS: that figure of every round, one per word.
+per_round() {
+  local r out=()
+  for ((r = 1; r <= ROUNDS; r++)); do out+=("${R[$1.$2.c$3.$r]}"); done
+  echo "${out[@]}"
 }
 
 # ---------------------------------------------------------------- run
@@ -392,24 +401,24 @@ if ((BUSY > 10)); then
   log "WARNING: the machine is not idle ($BUSY % busy); figures will be noisy"
 fi
 
+declare -A URL SUT_PIDS LOGFILE
 log "starting upstream nginx on 127.0.0.1:$UPSTREAM_PORT (core $LOAD_CORE)"
 start_nginx upstream load
 UPSTREAM_PID=$NGINX_PID
 wait_http "http://127.0.0.1:$UPSTREAM_PORT/healthz" "$UPSTREAM_PID" "upstream nginx" "$WORK/upstream/error.log"
 check_answer "http://127.0.0.1:$UPSTREAM_PORT/v1/chat/completions" "upstream"
-UPSTREAM_URL="http://127.0.0.1:$UPSTREAM_PORT/v1/chat/completions"
-SUT_LOG="$WORK/upstream/error.log"
-measure direct "$UPSTREAM_URL"
+URL[direct]="http://127.0.0.1:$UPSTREAM_PORT/v1/chat/completions"
+SUT_PIDS[direct]=""
+LOGFILE[direct]="$WORK/upstream/error.log"
 
 log "starting nginx reverse proxy on 127.0.0.1:$NGINX_PROXY_PORT (core $SUT_CORE)"
 start_nginx nginx-proxy sut
 NP_PID=$NGINX_PID
 wait_http "http://127.0.0.1:$NGINX_PROXY_PORT/healthz" "$NP_PID" "nginx reverse proxy" "$WORK/nginx-proxy/error.log"
 check_answer "http://127.0.0.1:$NGINX_PROXY_PORT/v1/chat/completions" "nginx reverse proxy"
-mapfile -t NP_PIDS < <(echo "$NP_PID"; pgrep -P "$NP_PID")
-SUT_LOG="$WORK/nginx-proxy/error.log"
-measure nginx "http://127.0.0.1:$NGINX_PROXY_PORT/v1/chat/completions" "${NP_PIDS[@]}"
-stop_pid "$NP_PID"
+URL[nginx]="http://127.0.0.1:$NGINX_PROXY_PORT/v1/chat/completions"
+SUT_PIDS[nginx]="$NP_PID $(pgrep -P "$NP_PID" | tr '\n' ' ')"
+LOGFILE[nginx]="$WORK/nginx-proxy/error.log"
 
 # Switchyard, RUST_LOG=warn (no per-request access log) and default info.
 for variant in warn info; do
@@ -419,21 +428,51 @@ for variant in warn info; do
   R[$key.idle_kib]=$(proc_kib "$SY_PID" VmRSS)
   R[$key.threads]=$(proc_kib "$SY_PID" Threads)
   check_answer "http://127.0.0.1:$SY_PORT/v1/chat/completions" "switchyard-proxy ($variant)"
-  MEASURE_LOG="$SY_LOG"
-  SUT_LOG="$SY_LOG"
-  measure "$key" "http://127.0.0.1:$SY_PORT/v1/chat/completions" "$SY_PID"
-  MEASURE_LOG=""
-  R[$key.peak_kib]=$(proc_kib "$SY_PID" VmHWM)
-  stop_pid "$SY_PID"
+  URL[$key]="http://127.0.0.1:$SY_PORT/v1/chat/completions"
+  SUT_PIDS[$key]="$SY_PID"
+  LOGFILE[$key]="$SY_LOG"
+done
+
+NAMES=(direct nginx sy_warn sy_info)
+for key in "${NAMES[@]}"; do
+  log "$key: warm-up ${WARMUP}s at $CONNS_TPUT connections"
+  SUT_LOG="${LOGFILE[$key]}"
+  run_wrk "$CONNS_TPUT" "$WARMUP" "${URL[$key]}" "$WORK/$key.warm.txt" >/dev/null
+done
+# Rounds: every path in turn at each connection count, the starting path
+# rotating from round to round, so that slow drifts of the machine spread
+# over all paths and each proxy's run is close in time to the baselines'.
+for ((round = 1; round <= ROUNDS; round++)); do
+  order=()
+  for ((i = 0; i < ${#NAMES[@]}; i++)); do order+=("${NAMES[(i + round - 1) % ${#NAMES[@]}]}"); done
+  for key in "${order[@]}"; do measure_run "$key" "$round" "$CONNS_LAT" "$DURATION"; done
+  for key in "${order[@]}"; do measure_run "$key" "$round" "$CONNS_TPUT" "$DURATION"; done
+  for key in "${order[@]}"; do measure_run "$key" "$round" 1 "$DURATION_SINGLE"; done
+done
+for key in sy_warn sy_info; do R[$key.peak_kib]=$(proc_kib "${SUT_PIDS[$key]}" VmHWM); done
+
+# Per-round comparisons: each proxy against the baseline of the same round.
+for key in nginx sy_warn sy_info; do
+  for ((round = 1; round <= ROUNDS; round++)); do
+    R[$key.added.c$CONNS_LAT.$round]=$(awk -v a="${R[$key.p99_us.c$CONNS_LAT.$round]}" \
+      -v b="${R[direct.p99_us.c$CONNS_LAT.$round]}" 'BEGIN { print a - b }')
+    for conns in "$CONNS_LAT" "$CONNS_TPUT"; do
+      R[$key.ratio.c$conns.$round]=$(awk -v a="${R[$key.rps.c$conns.$round]}" \
+        -v b="${R[nginx.rps.c$conns.$round]}" 'BEGIN { print a / b }')
+    done
+  done
 done
 
 # ---------------------------------------------------------------- report
-f1() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
 ms() { awk -v x="$1" 'BEGIN { printf "%.3f", x / 1000 }'; }
+ms_signed() { awk -v x="$1" 'BEGIN { printf "%+.3f", x / 1000 }'; }
 mib() { awk -v x="$1" 'BEGIN { printf "%.1f", x / 1024 }'; }
-added_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f", (a - b) / 1000 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+x2() { awk -v x="$1" 'BEGIN { printf "%.2f", x }'; }
 verdict() { if awk "BEGIN { exit !($1) }"; then echo PASS; else echo FAIL; fi; }
+# med KEY METRIC CONNS: the median over the rounds.
+med() { median $(per_round "$1" "$2" "$3"); }
+# spread KEY METRIC CONNS FORMAT: "lowest to highest" over the rounds.
+spread() { echo "$("$4" "$(lowest $(per_round "$1" "$2" "$3"))") to $("$4" "$(highest $(per_round "$1" "$2" "$3"))")"; }
 
 CPU_MODEL=$(awk -F': ' '/^model name/ { name = $2 } /^cpu family/ { fam = $2 } /^model\t/ { mod = $2 }
   END { printf "%s (family %s, model %s)", name, fam, mod }' /proc/cpuinfo)
@@ -443,47 +482,64 @@ CONTAINER=$(systemd-detect-virt -c 2>/dev/null) || CONTAINER=none
 NGINX_VERSION=$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')
 WRK_VERSION=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
-NAMES=(direct nginx sy_warn sy_info)
 declare -A LABEL=([direct]="direct to upstream" [nginx]="nginx reverse proxy" \
   [sy_warn]="switchyard (RUST_LOG=warn)" [sy_info]="switchyard (info, JSON access log)")
 
 REPORT="$OUT/latest.md"
+L=$CONNS_LAT
+T=$CONNS_TPUT
 {
   echo "## Switchyard benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   echo "Machine: $(nproc --all) cores, $CPU_MODEL, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)," \
     "Linux $(uname -r), VM: $VM, container: $CONTAINER; CPU busy before start ${BUSY} %. nginx $NGINX_VERSION, wrk ${WRK_VERSION:-?}, commit $COMMIT."
   echo "System under test pinned to core $SUT_CORE; upstream nginx and wrk (1 thread) pinned to core $LOAD_CORE." \
-    "All at nice $NICE. Runs at $CONNS_LAT and $CONNS_TPUT connections: ${WARMUP} s warm-up, then ${DURATION} s measured;" \
-    "then ${DURATION_SINGLE} s at 1 connection. Latency in ms."
+    "All at nice $NICE. $ROUNDS rounds; in each, every path ran ${DURATION} s at $L connections, then ${DURATION} s at $T," \
+    "then ${DURATION_SINGLE} s at 1 (after one ${WARMUP} s warm-up per path). Figures are medians over the rounds; latency in ms."
   [[ -z "$NOISE" ]] || { echo; echo "$NOISE"; }
   echo
-  echo "| path | req/s @$CONNS_LAT | p50 @$CONNS_LAT | p90 @$CONNS_LAT | p99 @$CONNS_LAT | p99 added vs direct @$CONNS_LAT | req/s @$CONNS_TPUT | p99 @$CONNS_TPUT | p50 / p99 @1 | proxy CPU µs/req @$CONNS_LAT |"
+  echo "| path | req/s @$L | p50 @$L | p90 @$L | p99 @$L | p99 added vs direct @$L | req/s @$T | p99 @$T | p50 / p99 @1 | proxy CPU µs/req @$L |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for k in "${NAMES[@]}"; do
     if [[ $k == direct ]]; then added="—"; cpu="—"; else
-      added=$(added_ms "${R[$k.p99]}" "${R[direct.p99]}"); cpu="${R[$k.cpu_us_per_req]}"; fi
-    echo "| ${LABEL[$k]} | $(f1 "${R[$k.rps8]}") | $(ms "${R[$k.p50]}") | $(ms "${R[$k.p90]}") | $(ms "${R[$k.p99]}") | $added | $(f1 "${R[$k.rps64]}") | $(ms "${R[$k.p99_64]}") | $(ms "${R[$k.p50_1]}") / $(ms "${R[$k.p99_1]}") | $cpu |"
+      added=$(ms_signed "$(med "$k" added "$L")")
+      cpu=$(awk -v t="${R[$k.ticks]}" -v hz="$CLK_TCK" -v n="${R[$k.requests]}" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+    fi
+    echo "| ${LABEL[$k]} | $(f1 "$(med "$k" rps "$L")") | $(ms "$(med "$k" p50_us "$L")") | $(ms "$(med "$k" p90_us "$L")") | $(ms "$(med "$k" p99_us "$L")") | $added | $(f1 "$(med "$k" rps "$T")") | $(ms "$(med "$k" p99_us "$T")") | $(ms "$(med "$k" p50_us 1)") / $(ms "$(med "$k" p99_us 1)") | $cpu |"
   done
   echo
-  echo "| switchyard | throughput vs nginx @$CONNS_TPUT | @$CONNS_LAT | idle RSS | peak RSS (VmHWM) | threads | log bytes/req |"
-  echo "|---|---:|---:|---:|---:|---:|---:|"
+  echo "Each round compares a proxy with the baselines measured in the same round (median, and lowest to highest over the rounds):"
+  echo
+  echo "| proxy | throughput vs nginx @$T | @$L | p99 added vs direct @$L (ms) | steal @$L (%) |"
+  echo "|---|---:|---:|---:|---:|"
+  for k in nginx sy_warn sy_info; do
+    if [[ $k == nginx ]]; then r64="—"; r8="—"; else
+      r64="$(x2 "$(med "$k" ratio "$T")")× ($(spread "$k" ratio "$T" x2))"
+      r8="$(x2 "$(med "$k" ratio "$L")")× ($(spread "$k" ratio "$L" x2))"
+    fi
+    echo "| ${LABEL[$k]} | $r64 | $r8 | $(ms_signed "$(med "$k" added "$L")") ($(spread "$k" added "$L" ms_signed)) | $(med "$k" steal "$L") ($(spread "$k" steal "$L" echo)) |"
+  done
+  echo
+  echo "Steal: the share of the two cores' time the hypervisor gave to other guests during the runs at $L connections" \
+    "(from /proc/stat, counted in whole clock ticks; the direct path's: $(med direct steal "$L") %)."
+  echo
+  echo "| switchyard | idle RSS | peak RSS (VmHWM) | threads | log bytes/req |"
+  echo "|---|---:|---:|---:|---:|"
   for k in sy_warn sy_info; do
-    echo "| ${LABEL[$k]} | $(ratio "${R[$k.rps64]}" "${R[nginx.rps64]}")× | $(ratio "${R[$k.rps8]}" "${R[nginx.rps8]}")× | $(mib "${R[$k.idle_kib]}") MiB | $(mib "${R[$k.peak_kib]}") MiB | ${R[$k.threads]} | $(awk -v b="${R[$k.log_bytes]}" -v n="${R[$k.req8]}" 'BEGIN { printf "%.0f", b / n }') |"
+    echo "| ${LABEL[$k]} | $(mib "${R[$k.idle_kib]}") MiB | $(mib "${R[$k.peak_kib]}") MiB | ${R[$k.threads]} | $(awk -v b="${R[$k.log_bytes]}" -v n="${R[$k.requests]}" 'BEGIN { printf "%.0f", b / n }') |"
   done
   echo
-  echo "| target | switchyard (RUST_LOG=warn) | switchyard (info) |"
+  echo "| target (median over the rounds) | switchyard (RUST_LOG=warn) | switchyard (info) |"
   echo "|---|---|---|"
   row() {
     local title="$1" expr_warn="$2" expr_info="$3" val_warn="$4" val_info="$5"
     echo "| $title | $(verdict "$expr_warn") ($val_warn) | $(verdict "$expr_info") ($val_info) |"
   }
-  row "throughput ≥ ${TARGET_RATIO}× nginx @$CONNS_TPUT" \
-    "${R[sy_warn.rps64]} >= $TARGET_RATIO * ${R[nginx.rps64]}" "${R[sy_info.rps64]} >= $TARGET_RATIO * ${R[nginx.rps64]}" \
-    "$(ratio "${R[sy_warn.rps64]}" "${R[nginx.rps64]}")×" "$(ratio "${R[sy_info.rps64]}" "${R[nginx.rps64]}")×"
-  row "p99 added latency < ${TARGET_P99_ADDED_MS} ms @$CONNS_LAT" \
-    "(${R[sy_warn.p99]} - ${R[direct.p99]}) / 1000 < $TARGET_P99_ADDED_MS" "(${R[sy_info.p99]} - ${R[direct.p99]}) / 1000 < $TARGET_P99_ADDED_MS" \
-    "$(added_ms "${R[sy_warn.p99]}" "${R[direct.p99]}") ms" "$(added_ms "${R[sy_info.p99]}" "${R[direct.p99]}") ms"
+  rw=$(med sy_warn ratio "$T"); ri=$(med sy_info ratio "$T")
+  aw=$(med sy_warn added "$L"); ai=$(med sy_info added "$L")
+  row "throughput ≥ ${TARGET_RATIO}× nginx @$T" "$rw >= $TARGET_RATIO" "$ri >= $TARGET_RATIO" "$(x2 "$rw")×" "$(x2 "$ri")×"
+  row "p99 added latency < ${TARGET_P99_ADDED_MS} ms @$L" "$aw / 1000 < $TARGET_P99_ADDED_MS" "$ai / 1000 < $TARGET_P99_ADDED_MS" \
+    "$(ms_signed "$aw") ms" "$(ms_signed "$ai") ms"
   row "peak RSS < ${TARGET_PEAK_MIB} MiB" \
     "${R[sy_warn.peak_kib]} / 1024 < $TARGET_PEAK_MIB" "${R[sy_info.peak_kib]} / 1024 < $TARGET_PEAK_MIB" \
     "$(mib "${R[sy_warn.peak_kib]}") MiB" "$(mib "${R[sy_info.peak_kib]}") MiB"
