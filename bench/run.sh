@@ -235,21 +235,40 @@ mkdir -p "$WORK/upstream"
 EOF
 } >"$WORK/upstream/nginx.conf"
 
-NGINX_PROXY_PORT=$(free_port)
-mkdir -p "$WORK/nginx-proxy"
-{
-  nginx_common "$WORK/nginx-proxy"
-  echo "http {"
-  nginx_http_common "$WORK/nginx-proxy"
-  cat <<EOF
+# One JSON access line per request, for the nginx that logs like Switchyard
+# at `info` does (about 400 bytes).
+NGINX_LOG_FORMAT='log_format json escape=json '"'"'{"time":"$time_iso8601","request_id":"$request_id",'\
+'"remote":"$remote_addr","method":"$request_method","uri":"$request_uri","status":$status,'\
+'"bytes_sent":$bytes_sent,"request_length":$request_length,"request_time":$request_time,'\
+'"upstream":"$upstream_addr","upstream_status":"$upstream_status",'\
+'"upstream_connect_time":"$upstream_connect_time","upstream_response_time":"$upstream_response_time",'\
+'"user_agent":"$http_user_agent","connection":$connection,"connection_requests":$connection_requests}'"'"';'
+
+# nginx_proxy NAME PORT [LOG]: the reverse proxy's config in $WORK/NAME;
+# with LOG, a JSON access log to $WORK/NAME/access.log.
+nginx_proxy() {
+  local name="$1" port="$2" dir="$WORK/$1"
+  mkdir -p "$dir"
+  {
+    nginx_common "$dir"
+    echo "http {"
+    nginx_http_common "$dir"
+    local access=""
+    if [[ -n "${3:-}" ]]; then
+      echo "  $NGINX_LOG_FORMAT"
+      # In the server block: `access_log off` at the http level would cancel it.
+      access="access_log $dir/access.log json;"
+    fi
+    cat <<EOF
   upstream llm {
     server 127.0.0.1:$UPSTREAM_PORT;
     keepalive 64;
     keepalive_requests 1000000;
   }
   server {
-    listen 127.0.0.1:$NGINX_PROXY_PORT backlog=4096;
-    location = /healthz { return 200 'ok'; }
+    listen 127.0.0.1:$port backlog=4096;
+    $access
+    location = /healthz { access_log off; return 200 'ok'; }
     location / {
       proxy_pass http://llm;
       proxy_http_version 1.1;
@@ -258,7 +277,12 @@ mkdir -p "$WORK/nginx-proxy"
   }
 }
 EOF
-} >"$WORK/nginx-proxy/nginx.conf"
+  } >"$dir/nginx.conf"
+}
+NGINX_PROXY_PORT=$(free_port)
+nginx_proxy nginx-proxy "$NGINX_PROXY_PORT"
+NGINX_LOG_PROXY_PORT=$(free_port)
+nginx_proxy nginx-log-proxy "$NGINX_LOG_PROXY_PORT" log
 
 # ---------------------------------------------------------------- switchyard manifests
 mkdir -p "$WORK/manifests"
@@ -345,7 +369,7 @@ cpu_of() {
 # steal_ticks: time the hypervisor gave neither core to this VM (clock ticks,
 # both cores), from /proc/stat.
 steal_ticks() { awk -v a="cpu$SUT_CORE" -v b="cpu$LOAD_CORE" '$1 == a || $1 == b { s += $9 } END { print s }' /proc/stat; }
-log_size() { if [[ -n "${LOGFILE[$1]:-}" ]]; then stat -c %s "${LOGFILE[$1]}"; else echo 0; fi; }
+log_size() { if [[ -n "${ACCESS_LOG[$1]:-}" ]]; then stat -c %s "${ACCESS_LOG[$1]}"; else echo 0; fi; }
 
 # measure_run KEY ROUND CONNS SECONDS ID: one measured run of that path;
 # stores rps, requests, p50, p90 and p99 as R[KEY.<metric>.ID.ROUND]. ID
@@ -422,7 +446,7 @@ if ((BUSY > 10)); then
   log "WARNING: the machine is not idle ($BUSY % busy); figures will be noisy"
 fi
 
-declare -A URL SUT_PIDS LOGFILE
+declare -A URL SUT_PIDS LOGFILE ACCESS_LOG
 log "starting upstream nginx on 127.0.0.1:$UPSTREAM_PORT (core $LOAD_CORE)"
 start_nginx upstream load
 UPSTREAM_PID=$NGINX_PID
@@ -432,14 +456,20 @@ URL[direct]="http://127.0.0.1:$UPSTREAM_PORT/v1/chat/completions"
 SUT_PIDS[direct]=""
 LOGFILE[direct]="$WORK/upstream/error.log"
 
-log "starting nginx reverse proxy on 127.0.0.1:$NGINX_PROXY_PORT (core $SUT_CORE)"
-start_nginx nginx-proxy sut
-NP_PID=$NGINX_PID
-wait_http "http://127.0.0.1:$NGINX_PROXY_PORT/healthz" "$NP_PID" "nginx reverse proxy" "$WORK/nginx-proxy/error.log"
-check_answer "http://127.0.0.1:$NGINX_PROXY_PORT/v1/chat/completions" "nginx reverse proxy"
-URL[nginx]="http://127.0.0.1:$NGINX_PROXY_PORT/v1/chat/completions"
-SUT_PIDS[nginx]="$NP_PID $(pgrep -P "$NP_PID" | tr '\n' ' ')"
-LOGFILE[nginx]="$WORK/nginx-proxy/error.log"
+# start_nginx_proxy KEY NAME PORT: starts that reverse proxy on core SUT_CORE.
+start_nginx_proxy() {
+  local key="$1" name="$2" port="$3"
+  log "starting $name on 127.0.0.1:$port (core $SUT_CORE)"
+  start_nginx "$name" sut
+  wait_http "http://127.0.0.1:$port/healthz" "$NGINX_PID" "$name" "$WORK/$name/error.log"
+  check_answer "http://127.0.0.1:$port/v1/chat/completions" "$name"
+  URL[$key]="http://127.0.0.1:$port/v1/chat/completions"
+  SUT_PIDS[$key]="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
+  LOGFILE[$key]="$WORK/$name/error.log"
+}
+start_nginx_proxy nginx nginx-proxy "$NGINX_PROXY_PORT"
+start_nginx_proxy nginx_log nginx-log-proxy "$NGINX_LOG_PROXY_PORT"
+ACCESS_LOG[nginx_log]="$WORK/nginx-log-proxy/access.log"
 
 # Switchyard, RUST_LOG=warn (no per-request access log) and default info.
 for variant in warn info; do
@@ -452,9 +482,10 @@ for variant in warn info; do
   URL[$key]="http://127.0.0.1:$SY_PORT/v1/chat/completions"
   SUT_PIDS[$key]="$SY_PID"
   LOGFILE[$key]="$SY_LOG"
+  ACCESS_LOG[$key]="$SY_LOG"
 done
 
-NAMES=(direct nginx sy_warn sy_info)
+NAMES=(direct nginx nginx_log sy_warn sy_info)
 for key in "${NAMES[@]}"; do
   log "$key: warm-up ${WARMUP}s at $CONNS_TPUT connections"
   SUT_LOG="${LOGFILE[$key]}"
@@ -469,14 +500,16 @@ rounds c "$CONNS_LAT" "$DURATION" "$CONNS_TPUT" "$DURATION" 1 "$DURATION_SINGLE"
 # layout); on one core no request crosses cores, so the difference to the
 # direct path is the proxy's own work and one more process to schedule.
 log "moving the systems under test to core $LOAD_CORE"
-for key in nginx sy_warn sy_info; do
+for key in nginx nginx_log sy_warn sy_info; do
   for pid in ${SUT_PIDS[$key]}; do taskset -a -p -c "$LOAD_CORE" "$pid" >/dev/null; done
 done
 rounds s "$CONNS_LAT" "$DURATION" 1 "$DURATION_SINGLE"
 for key in sy_warn sy_info; do R[$key.peak_kib]=$(proc_kib "${SUT_PIDS[$key]}" VmHWM); done
 
-# Per-round comparisons: each proxy against the baseline of the same round.
-for key in nginx sy_warn sy_info; do
+# Per-round comparisons: each proxy against the baselines of the same round.
+# `like` pairs each Switchyard variant with the nginx that logs alike: warn
+# (no access log) with nginx, info (a JSON line per request) with nginx_log.
+for key in nginx nginx_log sy_warn sy_info; do
   for ((round = 1; round <= ROUNDS; round++)); do
     for id in "c$CONNS_LAT" "s$CONNS_LAT" s1; do
       R[$key.added.$id.$round]=$(awk -v a="${R[$key.p99_us.$id.$round]}" \
@@ -485,6 +518,10 @@ for key in nginx sy_warn sy_info; do
     for id in "c$CONNS_LAT" "c$CONNS_TPUT"; do
       R[$key.ratio.$id.$round]=$(awk -v a="${R[$key.rps.$id.$round]}" \
         -v b="${R[nginx.rps.$id.$round]}" 'BEGIN { print a / b }')
+      like=nginx
+      [[ $key == sy_info ]] && like=nginx_log
+      R[$key.like.$id.$round]=$(awk -v a="${R[$key.rps.$id.$round]}" \
+        -v b="${R[$like.rps.$id.$round]}" 'BEGIN { print a / b }')
     done
   done
 done
@@ -511,6 +548,7 @@ NGINX_VERSION=$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')
 WRK_VERSION=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
 declare -A LABEL=([direct]="direct to upstream" [nginx]="nginx reverse proxy" \
+  [nginx_log]="nginx reverse proxy (JSON access log)" \
   [sy_warn]="switchyard (RUST_LOG=warn)" [sy_info]="switchyard (info, JSON access log)")
 
 REPORT="$OUT/latest.md"
@@ -550,14 +588,16 @@ T=$CONNS_TPUT
   echo
   echo "Each round compares a proxy with the baselines measured in the same round (median, and lowest to highest over the rounds):"
   echo
-  echo "| proxy | throughput vs nginx @$T | @$L | p99 added @$L, two cores (ms) | p99 added @$L, one core (ms) | steal @$L, two cores (%) |"
-  echo "|---|---:|---:|---:|---:|---:|"
-  for k in nginx sy_warn sy_info; do
+  echo "| proxy | throughput vs nginx @$T | vs nginx with access log @$T | vs nginx @$L | p99 added @$L, two cores (ms) | p99 added @$L, one core (ms) | steal @$L, two cores (%) |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
+  for k in nginx nginx_log sy_warn sy_info; do
     if [[ $k == nginx ]]; then r64="—"; r8="—"; else
       r64="$(x2 "$(med "$k" ratio "c$T")")× ($(spread "$k" ratio "c$T" x2))"
       r8="$(x2 "$(med "$k" ratio "c$L")")× ($(spread "$k" ratio "c$L" x2))"
     fi
-    echo "| ${LABEL[$k]} | $r64 | $r8 | $(ms_signed "$(med "$k" added "c$L")") ($(spread "$k" added "c$L" ms_signed)) | $(ms_signed "$(med "$k" added "s$L")") ($(spread "$k" added "s$L" ms_signed)) | $(med "$k" steal "c$L") ($(spread "$k" steal "c$L" echo)) |"
+    rl="—"
+    [[ $k == sy_info ]] && rl="$(x2 "$(med "$k" like "c$T")")× ($(spread "$k" like "c$T" x2))"
+    echo "| ${LABEL[$k]} | $r64 | $rl | $r8 | $(ms_signed "$(med "$k" added "c$L")") ($(spread "$k" added "c$L" ms_signed)) | $(ms_signed "$(med "$k" added "s$L")") ($(spread "$k" added "s$L" ms_signed)) | $(med "$k" steal "c$L") ($(spread "$k" steal "c$L" echo)) |"
   done
   echo
   echo "Steal: the share of the two cores' time the hypervisor gave to other guests during the runs at $L connections" \
@@ -569,24 +609,27 @@ T=$CONNS_TPUT
     echo "| ${LABEL[$k]} | $(mib "${R[$k.idle_kib]}") MiB | $(mib "${R[$k.peak_kib]}") MiB | ${R[$k.threads]} | $(awk -v b="${R[$k.log_bytes]}" -v n="${R[$k.requests]}" 'BEGIN { printf "%.0f", b / n }') |"
   done
   echo
-  echo "| target (median over the rounds) | nginx, for reference | switchyard (RUST_LOG=warn) | switchyard (info) |"
-  echo "|---|---|---|---|"
+  echo "nginx's JSON access log: $(awk -v b="${R[nginx_log.log_bytes]}" -v n="${R[nginx_log.requests]}" 'BEGIN { printf "%.0f", b / n }') bytes per request."
+  echo
+  echo "| target (median over the rounds) | nginx | nginx with access log | switchyard (RUST_LOG=warn) | switchyard (info) |"
+  echo "|---|---|---|---|---|"
   # row TITLE METRIC ID TEST FORMAT: one verdict per path; {} in TEST is
   # that path's median, FORMAT the function that prints it.
   row() {
     local title="$1" metric="$2" id="$3" test="$4" format="$5" line k v
     line="| $title |"
-    for k in nginx sy_warn sy_info; do
-      if [[ $metric == ratio && $k == nginx ]]; then line+=" — |"; continue; fi
+    for k in nginx nginx_log sy_warn sy_info; do
+      if [[ ($metric == ratio || $metric == like) && $k == nginx* ]]; then line+=" — |"; continue; fi
       v=$(med "$k" "$metric" "$id")
       line+=" $(verdict "${test//\{\}/$v}") ($("$format" "$v")) |"
     done
     echo "$line"
   }
-  row "throughput ≥ ${TARGET_RATIO}× nginx @$T" ratio "c$T" "{} >= $TARGET_RATIO" times
+  row "throughput ≥ ${TARGET_RATIO}× the nginx that logs alike @$T" like "c$T" "{} >= $TARGET_RATIO" times
+  row "throughput ≥ ${TARGET_RATIO}× nginx without access log @$T" ratio "c$T" "{} >= $TARGET_RATIO" times
   row "p99 added < ${TARGET_P99_ADDED_MS} ms @$L, two cores" added "c$L" "{} / 1000 < $TARGET_P99_ADDED_MS" ms_unit
   row "p99 added < ${TARGET_P99_ADDED_MS} ms @$L, one core" added "s$L" "{} / 1000 < $TARGET_P99_ADDED_MS" ms_unit
-  echo "| peak RSS < ${TARGET_PEAK_MIB} MiB | — | $(verdict "${R[sy_warn.peak_kib]} / 1024 < $TARGET_PEAK_MIB") ($(mib "${R[sy_warn.peak_kib]}") MiB) | $(verdict "${R[sy_info.peak_kib]} / 1024 < $TARGET_PEAK_MIB") ($(mib "${R[sy_info.peak_kib]}") MiB) |"
+  echo "| peak RSS < ${TARGET_PEAK_MIB} MiB | — | — | $(verdict "${R[sy_warn.peak_kib]} / 1024 < $TARGET_PEAK_MIB") ($(mib "${R[sy_warn.peak_kib]}") MiB) | $(verdict "${R[sy_info.peak_kib]} / 1024 < $TARGET_PEAK_MIB") ($(mib "${R[sy_info.peak_kib]}") MiB) |"
 } >"$REPORT"
 
 echo
