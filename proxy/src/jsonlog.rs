@@ -23,79 +23,81 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        let mut line = String::with_capacity(512);
-        line.push_str("{\"timestamp\":\"");
-        timestamp(&mut line, SystemTime::now());
-        line.push_str("\",\"level\":\"");
-        line.push_str(event.metadata().level().as_str());
-        line.push('"');
-        event.record(&mut Fields { line: &mut line, scratch: String::new() });
-        line.push_str(",\"target\":");
-        string(&mut line, event.metadata().target());
-        line.push_str("}\n");
-        writer.write_str(&line)
+        let out = &mut writer;
+        out.write_str("{\"timestamp\":\"")?;
+        timestamp(out, SystemTime::now())?;
+        out.write_str("\",\"level\":\"")?;
+        out.write_str(event.metadata().level().as_str())?;
+        out.write_char('"')?;
+        let mut fields = Fields { out, scratch: String::new(), result: Ok(()) };
+        event.record(&mut fields);
+        fields.result?;
+        out.write_str(",\"target\":")?;
+        string(out, event.metadata().target())?;
+        out.write_str("}\n")
     }
 }
 
-struct Fields<'a> {
-    line: &'a mut String,
+/// Writes each field as `,"name":value`. Lines go straight into the
+/// subscriber's buffer: no line of our own to allocate and copy.
+struct Fields<'a, W> {
+    out: &'a mut W,
     /// For values that only format themselves.
     scratch: String,
+    /// The first write error; `Visit` cannot return one.
+    result: fmt::Result,
 }
 
-impl Fields<'_> {
-    fn key(&mut self, field: &Field) {
-        self.line.push(',');
-        string(self.line, field.name());
-        self.line.push(':');
+impl<W: fmt::Write> Fields<'_, W> {
+    fn put(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
+        if self.result.is_ok() {
+            self.result = (|| {
+                self.out.write_char(',')?;
+                string(self.out, field.name())?;
+                self.out.write_char(':')?;
+                value(self.out)
+            })();
+        }
     }
 }
 
-impl Visit for Fields<'_> {
+impl<W: fmt::Write> Visit for Fields<'_, W> {
+    /// As serde_json writes floats (`1.0`, `1.25`, `1e16`); not finite: `null`.
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.key(field);
-        if value.is_finite() {
-            let _ = write!(self.line, "{value}");
-            // `1` prints as `1`; keep it a float, as serde_json would.
-            if value.fract() == 0.0 && value.abs() < 1e16 {
-                self.line.push_str(".0");
-            }
-        } else {
-            self.line.push_str("null");
-        }
+        self.put(field, |out| match value.is_finite() {
+            true => out.write_str(ryu::Buffer::new().format_finite(value)),
+            false => out.write_str("null"),
+        });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.put(field, |out| out.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.put(field, |out| out.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.key(field);
-        self.line.push_str(if value { "true" } else { "false" });
+        self.put(field, |out| out.write_str(if value { "true" } else { "false" }));
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.key(field);
-        string(self.line, value);
+        self.put(field, |out| string(out, value));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.key(field);
-        self.scratch.clear();
-        let _ = write!(self.scratch, "{value:?}");
-        string(self.line, &self.scratch);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let _ = write!(scratch, "{value:?}");
+        self.put(field, |out| string(out, &scratch));
+        self.scratch = scratch;
     }
 }
 
 /// `text` as a JSON string.
-fn string(out: &mut String, text: &str) {
-    out.push('"');
+fn string(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
+    out.write_char('"')?;
     let mut start = 0;
     for (i, byte) in text.bytes().enumerate() {
         let escape = match byte {
@@ -107,32 +109,39 @@ fn string(out: &mut String, text: &str) {
             0..=0x1f => "",
             _ => continue,
         };
-        out.push_str(&text[start..i]);
+        out.write_str(&text[start..i])?;
         if escape.is_empty() {
-            let _ = write!(out, "\\u{byte:04x}");
+            write!(out, "\\u{byte:04x}")?;
         } else {
-            out.push_str(escape);
+            out.write_str(escape)?;
         }
         start = i + 1;
     }
-    out.push_str(&text[start..]);
-    out.push('"');
+    out.write_str(&text[start..])?;
+    out.write_char('"')
 }
 
 /// RFC 3339 in UTC with microseconds: `2026-12-02T06:06:01.025708Z`.
-fn timestamp(out: &mut String, now: SystemTime) {
+fn timestamp(out: &mut impl fmt::Write, now: SystemTime) -> fmt::Result {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since.as_secs();
     let (year, month, day) = civil_from_days(seconds / 86_400);
     let of_day = seconds % 86_400;
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60,
-        since.subsec_micros()
-    );
+    let mut text = *b"0000-00-00T00:00:00.000000Z";
+    let mut digits = |at: usize, width: usize, mut value: u64| {
+        for slot in text[at..at + width].iter_mut().rev() {
+            *slot = b'0' + u8::try_from(value % 10).unwrap_or(0);
+            value /= 10;
+        }
+    };
+    digits(0, 4, year);
+    digits(5, 2, month);
+    digits(8, 2, day);
+    digits(11, 2, of_day / 3600);
+    digits(14, 2, of_day % 3600 / 60);
+    digits(17, 2, of_day % 60);
+    digits(20, 6, u64::from(since.subsec_micros()));
+    out.write_str(std::str::from_utf8(&text).unwrap_or_default())
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
@@ -160,7 +169,7 @@ mod tests {
     fn timestamps_are_rfc_3339_utc_with_microseconds() {
         let at = |secs: u64, micros: u64| {
             let mut out = String::new();
-            timestamp(&mut out, UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros));
+            timestamp(&mut out, UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros)).unwrap();
             out
         };
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
@@ -175,7 +184,7 @@ mod tests {
     #[test]
     fn strings_are_escaped_as_json_requires() {
         let mut out = String::new();
-        string(&mut out, "a\"b\\c\nd\te\u{1}f é");
+        string(&mut out, "a\"b\\c\nd\te\u{1}f é").unwrap();
         assert_eq!(out, r#""a\"b\\c\nd\te\u0001f é""#);
         assert_eq!(serde_json::from_str::<String>(&out).unwrap(), "a\"b\\c\nd\te\u{1}f é");
     }
@@ -207,6 +216,10 @@ mod tests {
                 fallback = true,
                 duration_ms = 1.25f64,
                 whole = 3.0f64,
+                large = 1e17f64,
+                tiny = 1.5e-7f64,
+                below = -7i64,
+                huge = u64::MAX,
                 cost_usd = None::<f64>,
                 error = %error,
                 debugged = ?vec![1, 2],
