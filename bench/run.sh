@@ -531,7 +531,8 @@ ms() { awk -v x="$1" 'BEGIN { printf "%.3f", x / 1000 }'; }
 ms_signed() { awk -v x="$1" 'BEGIN { printf "%+.3f", x / 1000 }'; }
 mib() { awk -v x="$1" 'BEGIN { printf "%.1f", x / 1024 }'; }
 x2() { awk -v x="$1" 'BEGIN { printf "%.2f", x }'; }
-times() { echo "$(x2 "$1")×"; }
+# Three decimals in verdicts, so that a FAIL never reads "0.80×".
+times() { awk -v x="$1" 'BEGIN { printf "%.3f×", x }'; }
 ms_unit() { echo "$(ms_signed "$1") ms"; }
 verdict() { if awk "BEGIN { exit !($1) }"; then echo PASS; else echo FAIL; fi; }
 # med KEY METRIC ID: the median over the rounds.
