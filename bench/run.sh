@@ -400,8 +400,8 @@ measure_run() {
   log "round $round, $key, $id: $(f1 "${R[$key.rps.$id.$round]}") req/s, p50 ${R[$key.p50_us.$id.$round]} us, p99 ${R[$key.p99_us.$id.$round]} us"
 }
 
-# rounds ID-SUFFIX CONNS SECONDS...: ROUNDS rounds; in each, every path runs
-# once per CONNS/SECONDS pair, the starting path rotating from round to
+# rounds TAG CONNS SECONDS [CONNS SECONDS...]: ROUNDS rounds; in each, every
+# path runs once per CONNS/SECONDS pair (run id TAG<CONNS>), the starting path rotating from round to
 # round, so that slow drifts of the machine spread over all paths and each
 # proxy's run is close in time to the baselines'.
 rounds() {
@@ -518,11 +518,12 @@ for key in nginx nginx_log sy_warn sy_info; do
     for id in "c$CONNS_LAT" "c$CONNS_TPUT"; do
       R[$key.ratio.$id.$round]=$(awk -v a="${R[$key.rps.$id.$round]}" \
         -v b="${R[nginx.rps.$id.$round]}" 'BEGIN { print a / b }')
-      like=nginx
-      [[ $key == sy_info ]] && like=nginx_log
-      R[$key.like.$id.$round]=$(awk -v a="${R[$key.rps.$id.$round]}" \
-        -v b="${R[$like.rps.$id.$round]}" 'BEGIN { print a / b }')
     done
+    R[$key.like.c$CONNS_TPUT.$round]=${R[$key.ratio.c$CONNS_TPUT.$round]}
+    if [[ $key == sy_info ]]; then
+      R[$key.like.c$CONNS_TPUT.$round]=$(awk -v a="${R[$key.rps.c$CONNS_TPUT.$round]}" \
+        -v b="${R[nginx_log.rps.c$CONNS_TPUT.$round]}" 'BEGIN { print a / b }')
+    fi
   done
 done
 
@@ -537,6 +538,8 @@ ms_unit() { echo "$(ms_signed "$1") ms"; }
 verdict() { if awk "BEGIN { exit !($1) }"; then echo PASS; else echo FAIL; fi; }
 # med KEY METRIC ID: the median over the rounds.
 med() { median $(per_round "$1" "$2" "$3"); }
+# added KEY ID: the median p99 added to the direct path's, "—" for direct.
+added() { if [[ $1 == direct ]]; then echo "—"; else ms_signed "$(med "$1" added "$2")"; fi; }
 # spread KEY METRIC ID FORMAT: "lowest to highest" over the rounds.
 spread() { echo "$("$4" "$(lowest $(per_round "$1" "$2" "$3"))") to $("$4" "$(highest $(per_round "$1" "$2" "$3"))")"; }
 
@@ -569,11 +572,9 @@ T=$CONNS_TPUT
   echo "| path | req/s @$L | p50 @$L | p90 @$L | p99 @$L | p99 added vs direct @$L | req/s @$T | p99 @$T | p50 / p99 @1 | proxy CPU µs/req @$L |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for k in "${NAMES[@]}"; do
-    if [[ $k == direct ]]; then added="—"; cpu="—"; else
-      added=$(ms_signed "$(med "$k" added "c$L")")
-      cpu=$(awk -v t="${R[$k.ticks]}" -v hz="$CLK_TCK" -v n="${R[$k.requests]}" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
-    fi
-    echo "| ${LABEL[$k]} | $(f1 "$(med "$k" rps "c$L")") | $(ms "$(med "$k" p50_us "c$L")") | $(ms "$(med "$k" p90_us "c$L")") | $(ms "$(med "$k" p99_us "c$L")") | $added | $(f1 "$(med "$k" rps "c$T")") | $(ms "$(med "$k" p99_us "c$T")") | $(ms "$(med "$k" p50_us c1)") / $(ms "$(med "$k" p99_us c1)") | $cpu |"
+    cpu="—"
+    [[ $k == direct ]] || cpu=$(awk -v t="${R[$k.ticks]}" -v hz="$CLK_TCK" -v n="${R[$k.requests]}" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+    echo "| ${LABEL[$k]} | $(f1 "$(med "$k" rps "c$L")") | $(ms "$(med "$k" p50_us "c$L")") | $(ms "$(med "$k" p90_us "c$L")") | $(ms "$(med "$k" p99_us "c$L")") | $(added "$k" "c$L") | $(f1 "$(med "$k" rps "c$T")") | $(ms "$(med "$k" p99_us "c$T")") | $(ms "$(med "$k" p50_us c1)") / $(ms "$(med "$k" p99_us c1)") | $cpu |"
   done
   echo
   echo "**One core**: everything on core $LOAD_CORE, so that no request waits for another vCPU to wake up."
@@ -581,10 +582,7 @@ T=$CONNS_TPUT
   echo "| path | req/s @$L | p50 @$L | p90 @$L | p99 @$L | p99 added vs direct @$L | p50 / p99 @1 | p99 added @1 |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|"
   for k in "${NAMES[@]}"; do
-    if [[ $k == direct ]]; then added="—"; added1="—"; else
-      added=$(ms_signed "$(med "$k" added "s$L")"); added1=$(ms_signed "$(med "$k" added s1)")
-    fi
-    echo "| ${LABEL[$k]} | $(f1 "$(med "$k" rps "s$L")") | $(ms "$(med "$k" p50_us "s$L")") | $(ms "$(med "$k" p90_us "s$L")") | $(ms "$(med "$k" p99_us "s$L")") | $added | $(ms "$(med "$k" p50_us s1)") / $(ms "$(med "$k" p99_us s1)") | $added1 |"
+    echo "| ${LABEL[$k]} | $(f1 "$(med "$k" rps "s$L")") | $(ms "$(med "$k" p50_us "s$L")") | $(ms "$(med "$k" p90_us "s$L")") | $(ms "$(med "$k" p99_us "s$L")") | $(added "$k" "s$L") | $(ms "$(med "$k" p50_us s1)") / $(ms "$(med "$k" p99_us s1)") | $(added "$k" s1) |"
   done
   echo
   echo "Each round compares a proxy with the baselines measured in the same round (median, and lowest to highest over the rounds):"

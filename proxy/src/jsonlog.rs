@@ -51,14 +51,17 @@ struct Fields<'a, W> {
 impl<W: fmt::Write> Fields<'_, W> {
     fn put(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
         if self.result.is_ok() {
-            self.result = (|| {
-                self.out.write_char(',')?;
-                string(self.out, field.name())?;
-                self.out.write_char(':')?;
-                value(self.out)
-            })();
+            self.result = entry(self.out, field.name(), value);
         }
     }
+}
+
+/// One field: `,"name":value`.
+fn entry<W: fmt::Write>(out: &mut W, name: &str, value: impl FnOnce(&mut W) -> fmt::Result) -> fmt::Result {
+    out.write_char(',')?;
+    string(out, name)?;
+    out.write_char(':')?;
+    value(out)
 }
 
 impl<W: fmt::Write> Visit for Fields<'_, W> {
