@@ -4,14 +4,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use crate::cluster::Cluster;
 use crate::cost::{self, PriceSource, Pricing};
 use crate::metrics::Metrics;
 use crate::plan;
-use crate::server::{Body, Handler, full};
+use crate::server::{Body, Handler, RequestBody, full};
 use crate::state::{Circuit, Live, RoutingHandle};
 use crate::tokens::Encoding;
 
@@ -37,7 +36,7 @@ impl Source {
 }
 
 impl Handler for Admin {
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, request: Request<RequestBody>) -> Response<Body> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
         }

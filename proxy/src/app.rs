@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +18,7 @@ use crate::errors::ProxyError;
 use crate::messages;
 use crate::metrics::Metrics;
 use crate::request::Operation;
-use crate::server::{self, Body, Handler, X_REQUEST_ID, full};
+use crate::server::{self, Body, Handler, RequestBody, X_REQUEST_ID, full};
 use crate::source;
 use crate::state::RoutingHandle;
 use crate::upstream::Upstreams;
@@ -71,7 +70,7 @@ pub struct DataPlane {
 }
 
 impl Handler for DataPlane {
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, request: Request<RequestBody>) -> Response<Body> {
         let request_id = request
             .headers()
             .get(X_REQUEST_ID)

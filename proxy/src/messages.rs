@@ -18,12 +18,12 @@ use bytes::Bytes;
 use futures_util::stream;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 
 use crate::chat::{self, Context};
 use crate::errors::ProxyError;
 use crate::request::Operation;
-use crate::server::{Body, full};
+use crate::server::{Body, RequestBody, full};
 use crate::sse;
 use crate::translate::anthropic_inbound::{self, ChunkTranslator};
 
@@ -31,7 +31,7 @@ use crate::translate::anthropic_inbound::{self, ChunkTranslator};
 pub async fn handle(
     ctx: &Arc<Context>,
     headers: &HeaderMap,
-    body: Incoming,
+    body: RequestBody,
     request_id: &HeaderValue,
 ) -> Response<Body> {
     let result = chat::handle_translated(ctx, headers, body, request_id, Operation::Chat, |bytes| {

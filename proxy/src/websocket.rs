@@ -51,7 +51,6 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -66,7 +65,7 @@ use tokio_util::sync::CancellationToken;
 use crate::chat::{self, Context, MAX_BODY_BYTES};
 use crate::errors::ProxyError;
 use crate::request::Operation;
-use crate::server::{Body, full};
+use crate::server::{Body, RequestBody, full};
 use crate::sse;
 
 /// The endpoint's path.
@@ -91,7 +90,7 @@ pub struct Settings {
 pub fn accept(
     ctx: &Arc<Context>,
     settings: &Settings,
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
     request_id: &HeaderValue,
 ) -> Response<Body> {
     let headers = request.headers();
