@@ -280,6 +280,11 @@ async fn unusual_requests_are_handed_to_hyper_with_the_bytes_already_read() {
     client.send(&"a".repeat(size)).await;
     assert_eq!(client.answer().await.body, format!("POST /echo body={size} from=hyper x-test=-"));
 
+    // A target the parser takes but the URI type refuses: hyper decides (400).
+    let mut client = Client::connect(server.addr).await;
+    client.send("GET /a<b HTTP/1.1\r\n\r\n").await;
+    assert_eq!(client.answer().await.status, 400);
+
     // Garbage: hyper's own 400, then the connection is closed.
     let mut client = Client::connect(server.addr).await;
     client.send("GET /echo HTTP/1.1\r\nBad Header: x\r\n\r\n").await;
