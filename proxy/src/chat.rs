@@ -572,8 +572,8 @@ impl UsageView {
 }
 
 /// The `usage` object of a whole (non-streaming) answer. OpenAI-shaped
-/// answers put it near the end, so the last `"usage":` is found from the
-/// back and only that object is read, by [`Scan`]; anything unexpected
+/// answers put it near the end, after the content, so the last `"usage":`
+/// is taken and only that object is read, by [`Scan`]; anything unexpected
 /// falls back to parsing the whole answer.
 fn usage_of(body: &[u8]) -> Option<UsageView> {
     const KEY: &[u8] = b"\"usage\"";
@@ -588,10 +588,11 @@ fn usage_of(body: &[u8]) -> Option<UsageView> {
     fast.or_else(|| serde_json::from_slice::<ChunkView>(body).ok().and_then(|v| v.usage))
 }
 
-/// Reads a `usage` object straight from the bytes: about a tenth of what
-/// serde's generic path costs for it, on every non-streaming answer. Gives
-/// up (`None`) on anything but plain keys, unsigned integers for the counts
-/// and well-formed nesting; the caller then parses the whole answer.
+/// Reads a `usage` object straight from the bytes, on every non-streaming
+/// answer: under half of what serde's generic path costs for it (about
+/// 1 700 instructions against 4 200, callgrind). Gives up (`None`) on
+/// anything but plain keys, unsigned integers for the counts and
+/// well-formed nesting; the caller then parses the whole answer.
 struct Scan<'a> {
     text: &'a [u8],
     at: usize,
@@ -685,8 +686,11 @@ impl Scan<'_> {
     }
 
     /// Any value, without looking at it beyond its nesting and strings.
+    /// `open` holds one bit per open bracket (1 for `{`), innermost lowest;
+    /// deeper than 64 levels gives up.
     fn skip_value(&mut self) -> Option<()> {
-        let mut depth = 0usize;
+        let mut depth = 0u32;
+        let mut open = 0u64;
         loop {
             let byte = self.peek()?;
             match byte {
@@ -702,16 +706,21 @@ impl Scan<'_> {
                         self.at += 1; // the escaped byte
                     }
                 }
-                b'{' | b'[' => {
+                b'{' | b'[' if depth < 64 => {
+                    open = open << 1 | u64::from(byte == b'{');
                     depth += 1;
                     self.at += 1;
                 }
                 b'}' | b']' if depth > 0 => {
+                    if (open & 1 == 1) != (byte == b'}') {
+                        return None;
+                    }
+                    open >>= 1;
                     depth -= 1;
                     self.at += 1;
                 }
                 b',' | b':' if depth > 0 => self.at += 1,
-                b',' | b'}' | b']' | b':' => return None,
+                b',' | b'}' | b']' | b':' | b'{' | b'[' => return None,
                 _ => {
                     let len = self.text[self.at..]
                         .iter()
@@ -1152,6 +1161,8 @@ mod tests {
             br#"{"prompt_tokens":9,}"#,
             br#"{"p\u0072ompt_tokens":9}"#,
             br#"{"x":[1,2}"#,
+            br#"{"x":[1,2},"prompt_tokens":3}"#,
+            br#"{"x":{"a":1],"prompt_tokens":3}"#,
             br#"{"x":}"#,
             br#"[]"#,
         ];

@@ -390,14 +390,7 @@ fn framing(status: u16, headers: &HeaderMap) -> Result<Framing, ClientError> {
 }
 
 fn keep_alive(version: u8, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    let has = |token| crate::server::has_token(headers, http::header::CONNECTION, token);
     if version >= 1 { !has("close") } else { has("keep-alive") }
 }
 

@@ -65,7 +65,7 @@ use tokio_util::sync::CancellationToken;
 use crate::chat::{self, Context, MAX_BODY_BYTES};
 use crate::errors::ProxyError;
 use crate::request::Operation;
-use crate::server::{Body, RequestBody, full};
+use crate::server::{self, Body, RequestBody, full};
 use crate::sse;
 
 /// The endpoint's path.
@@ -94,13 +94,7 @@ pub fn accept(
     request_id: &HeaderValue,
 ) -> Response<Body> {
     let headers = request.headers();
-    let has = |name: http::HeaderName, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
-    };
+    let has = |name, token| server::has_token(headers, name, token);
     if request.method() != Method::GET {
         return ProxyError::MethodNotAllowed.into_response(request_id);
     }
