@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use rand::Rng;
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -124,10 +125,11 @@ impl DataPlane {
 /// A fresh `req_<32 hex>` request id.
 pub(crate) fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let id: u128 = rand::random();
+    let id: u128 = crate::random::with(|rng| rng.random());
     let mut text = *b"req_00000000000000000000000000000000";
-    for (i, byte) in text[4..].iter_mut().enumerate() {
-        *byte = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
+    for (pair, byte) in text[4..].chunks_exact_mut(2).zip(id.to_be_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
     HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("req_unknown"))
 }

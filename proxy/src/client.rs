@@ -16,11 +16,15 @@
 //!   [`IDLE_TIMEOUT`]. One the upstream has closed in the meantime is noticed
 //!   at checkout from the runtime's readiness state, which costs a system
 //!   call only when the socket has become readable while idle.
+//! - Each origin's idle list is a [`Slot`] that a [`Target`] finds once and
+//!   keeps, and each connection keeps its own: checkout and return lock that
+//!   list only, with no lookup by origin.
 
 use std::collections::HashMap;
 use std::io;
+use std::ops::Range;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -62,8 +66,52 @@ pub enum ClientError {
 /// A response head and its body, still to be read.
 pub struct Response {
     pub status: u16,
-    pub headers: HeaderMap,
+    pub headers: Headers,
     pub body: Body,
+}
+
+/// A response's headers as they arrived: one copy of the head's bytes and
+/// where each header is in it. An answer's headers are looked up a few
+/// times at most (rate limits, `retry-after`), so a scan by name costs
+/// less than building a `HeaderMap` of all of them.
+#[derive(Debug, Clone, Default)]
+pub struct Headers {
+    text: Bytes,
+    /// The name and the value of each header, as offsets into `text`.
+    spans: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl Headers {
+    /// Every header, in the order received.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans.iter().map(|(name, value)| (&self.text[name.clone()], &self.text[value.clone()]))
+    }
+
+    /// The value of the first header called `name` (in any case).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, value)| value)
+    }
+
+    /// [`Self::get`], when the value is text.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        std::str::from_utf8(self.get(name)?).ok()
+    }
+}
+
+/// Headers from (name, value) pairs (tests, and answers made in process).
+impl<'a> FromIterator<(&'a str, &'a str)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(pairs: I) -> Self {
+        let mut text = Vec::new();
+        let mut spans = Vec::new();
+        for (name, value) in pairs {
+            let name_at = text.len()..text.len() + name.len();
+            text.extend_from_slice(name.as_bytes());
+            let value_at = text.len()..text.len() + value.len();
+            text.extend_from_slice(value.as_bytes());
+            spans.push((name_at, value_at));
+        }
+        Self { text: text.into(), spans }
+    }
 }
 
 /// The shared client: cheap to clone.
@@ -73,14 +121,21 @@ pub struct Client {
 }
 
 struct Inner {
-    /// Idle connections by origin (`http://host:port` as the URL spells
-    /// it), oldest first. Boxed, so that a body (which holds one) stays
-    /// small and moving one in and out of the pool copies a pointer.
-    #[allow(clippy::vec_box)]
-    idle: Mutex<HashMap<Box<str>, Vec<Box<Conn>>>>,
+    /// The idle list of each origin (`http://host:port` as the URL spells it).
+    slots: Mutex<HashMap<Box<str>, Arc<Slot>>>,
     /// How long an unused connection is kept.
     idle_timeout: Duration,
     tls: TlsConnector,
+}
+
+/// One origin's idle connections, oldest first. Boxed, so that a body
+/// (which holds one) stays small and moving one in and out of the pool
+/// copies a pointer.
+struct Slot {
+    origin: Box<str>,
+    idle_timeout: Duration,
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<Conn>>>,
 }
 
 impl Default for Client {
@@ -107,14 +162,14 @@ impl Client {
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tls = TlsConnector::from(Arc::new(config));
-        Self { inner: Arc::new(Inner { idle: Mutex::default(), idle_timeout: IDLE_TIMEOUT, tls }) }
+        Self { inner: Arc::new(Inner { slots: Mutex::default(), idle_timeout: IDLE_TIMEOUT, tls }) }
     }
 
     /// The same client, keeping unused connections for `timeout` instead
     /// of [`IDLE_TIMEOUT`]. Call before the first request.
     pub fn with_idle_timeout(self, timeout: Duration) -> Self {
         let tls = self.inner.tls.clone();
-        Self { inner: Arc::new(Inner { idle: Mutex::default(), idle_timeout: timeout, tls }) }
+        Self { inner: Arc::new(Inner { slots: Mutex::default(), idle_timeout: timeout, tls }) }
     }
 
     /// POSTs `body` to `target` with its headers and `extra`; returns once
@@ -127,9 +182,17 @@ impl Client {
         body: &[u8],
     ) -> Result<Response, ClientError> {
         let head = target.head(extra, body.len());
-        let mut conn = match self.inner.checkout(target) {
+        let found;
+        let slot = match self.kept_slot(target) {
+            Some(slot) => slot,
+            None => {
+                found = self.slot(target);
+                &found
+            }
+        };
+        let mut conn = match slot.checkout() {
             Some(conn) => conn,
-            None => self.connect(target).await?,
+            None => self.connect(target, slot.clone()).await?,
         };
         let sent = if body.len() < COPY_BODY_BELOW {
             let mut whole = head;
@@ -147,10 +210,34 @@ impl Client {
         }
         let (status, headers, framing, keep_alive) = read_head(&mut conn).await?;
         let reusable = keep_alive && !matches!(framing, Framing::UntilClose);
-        Ok(Response { status, headers, body: Body { conn: Some(conn), framing, reusable, pool: self.inner.clone() } })
+        Ok(Response { status, headers, body: Body { conn: Some(conn), framing, reusable } })
     }
 
-    async fn connect(&self, origin: &Target) -> Result<Box<Conn>, ClientError> {
+    /// The idle list `target` keeps, when it was found for this client.
+    fn kept_slot<'t>(&self, target: &'t Target) -> Option<&'t Arc<Slot>> {
+        let (client, slot) = target.slot.get()?;
+        std::ptr::eq(client.as_ptr(), Arc::as_ptr(&self.inner)).then_some(slot)
+    }
+
+    /// The idle list of `target`'s origin, which the target then keeps.
+    fn slot(&self, target: &Target) -> Arc<Slot> {
+        let slot = {
+            let mut slots = self.inner.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            let slot = slots.entry(target.origin.clone()).or_insert_with(|| {
+                Arc::new(Slot {
+                    origin: target.origin.clone(),
+                    idle_timeout: self.inner.idle_timeout,
+                    idle: Mutex::default(),
+                })
+            });
+            slot.clone()
+        };
+        // A target used with a second client keeps the first one's slot.
+        let _ = target.slot.set((Arc::downgrade(&self.inner), slot.clone()));
+        slot
+    }
+
+    async fn connect(&self, origin: &Target, slot: Arc<Slot>) -> Result<Box<Conn>, ClientError> {
         let address = &origin.origin;
         let connecting = TcpStream::connect((&*origin.host, origin.port));
         let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
@@ -179,7 +266,7 @@ impl Client {
         Ok(Box::new(Conn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
-            origin: address.clone(),
+            slot,
             reused: false,
             idle_since: Instant::now(),
         }))
@@ -187,16 +274,14 @@ impl Client {
 
     /// Idle connections kept for `target`'s origin (tests).
     pub fn idle_connections(&self, target: &Target) -> usize {
-        let idle = self.inner.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.get(&target.origin).map_or(0, Vec::len)
+        self.slot(target).idle.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }
 
-impl Inner {
+impl Slot {
     /// The most recently used idle connection that still looks usable.
-    fn checkout(&self, target: &Target) -> Option<Box<Conn>> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = idle.get_mut(&target.origin)?;
+    fn checkout(&self) -> Option<Box<Conn>> {
+        let mut list = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         while let Some(mut conn) = list.pop() {
             if now.duration_since(conn.idle_since) < self.idle_timeout && conn.looks_open() {
@@ -211,11 +296,7 @@ impl Inner {
     fn put(&self, mut conn: Box<Conn>) {
         let now = Instant::now();
         conn.idle_since = now;
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = match idle.get_mut(&conn.origin) {
-            Some(list) => list,
-            None => idle.entry(conn.origin.clone()).or_default(),
-        };
+        let mut list = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         // Drop connections that idled out: the oldest are at the front.
         let expired = list.iter().take_while(|c| now.duration_since(c.idle_since) >= self.idle_timeout).count();
         list.drain(..expired);
@@ -239,6 +320,8 @@ pub struct Target {
     /// The request line, `host` and the fixed headers (credentials
     /// included: never printed).
     prefix: Vec<u8>,
+    /// The origin's idle list in the client that first sent to it.
+    slot: OnceLock<(Weak<Inner>, Arc<Slot>)>,
 }
 
 /// Shows where the target points, never its headers.
@@ -274,7 +357,7 @@ impl Target {
             }
         }
         let origin = format!("{}://{authority}", if tls { "https" } else { "http" }).into();
-        Ok(Self { tls, origin, host: bare_host(authority.host()).into(), port, prefix })
+        Ok(Self { tls, origin, host: bare_host(authority.host()).into(), port, prefix, slot: OnceLock::new() })
     }
 
     /// The whole head of a request with `extra` headers and a body of `length` bytes.
@@ -305,7 +388,7 @@ fn header_line(head: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
 /// Reads the response head (skipping interim `1xx` answers): the status,
 /// the headers, how the body is framed, and whether the connection may be
 /// reused after it.
-async fn read_head(conn: &mut Conn) -> Result<(u16, HeaderMap, Framing, bool), ClientError> {
+async fn read_head(conn: &mut Conn) -> Result<(u16, Headers, Framing, bool), ClientError> {
     loop {
         if !conn.buf.is_empty() {
             let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -314,14 +397,18 @@ async fn read_head(conn: &mut Conn) -> Result<(u16, HeaderMap, Framing, bool), C
                 Ok(httparse::Status::Complete(length)) => {
                     let status = parsed.code.unwrap_or_default();
                     let version = parsed.version.unwrap_or_default();
-                    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+                    let mut framers = Framers::default();
+                    let start = conn.buf.as_ptr().addr();
+                    let span = |part: &[u8]| {
+                        let at = part.as_ptr().addr() - start;
+                        at..at + part.len()
+                    };
+                    let mut spans = Vec::with_capacity(parsed.headers.len());
                     for header in parsed.headers.iter() {
-                        let name = HeaderName::from_bytes(header.name.as_bytes());
-                        let value = HeaderValue::from_bytes(header.value);
-                        if let (Ok(name), Ok(value)) = (name, value) {
-                            headers.append(name, value);
-                        }
+                        framers.note(header.name.as_bytes(), header.value);
+                        spans.push((span(header.name.as_bytes()), span(header.value)));
                     }
+                    let headers = Headers { text: Bytes::copy_from_slice(&conn.buf[..length]), spans };
                     conn.buf.advance(length);
                     if (100..200).contains(&status) {
                         if status == 101 {
@@ -329,9 +416,8 @@ async fn read_head(conn: &mut Conn) -> Result<(u16, HeaderMap, Framing, bool), C
                         }
                         continue;
                     }
-                    let framing = framing(status, &headers)?;
-                    let keep_alive = keep_alive(version, &headers);
-                    return Ok((status, headers, framing, keep_alive));
+                    let framing = framers.framing(status)?;
+                    return Ok((status, headers, framing, framers.keep_alive(version)));
                 }
                 Ok(httparse::Status::Partial) => {}
                 Err(e) => return Err(ClientError::Protocol(format!("the upstream's answer is not valid HTTP/1: {e}"))),
@@ -360,38 +446,64 @@ async fn read_head(conn: &mut Conn) -> Result<(u16, HeaderMap, Framing, bool), C
     }
 }
 
-/// RFC 9112 §6.3, for the answer to a POST.
-fn framing(status: u16, headers: &HeaderMap) -> Result<Framing, ClientError> {
-    if status == 204 || status == 304 {
-        return Ok(Framing::Length(0));
-    }
-    if let Some(codings) = headers.get_all(http::header::TRANSFER_ENCODING).iter().next_back() {
-        let last = codings.to_str().ok().and_then(|v| v.rsplit(',').next()).map(str::trim);
-        return Ok(if last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
-            Framing::Chunked(Chunked::Size)
-        } else {
-            Framing::UntilClose
-        });
-    }
-    let mut length = None;
-    for value in &headers.get_all(http::header::CONTENT_LENGTH) {
-        for part in value.to_str().unwrap_or_default().split(',') {
-            let parsed = part.trim().parse::<u64>().ok();
-            match (parsed, length) {
-                (None, _) => return Err(ClientError::Protocol("the upstream sent an invalid content-length".into())),
-                (Some(n), Some(seen)) if n != seen => {
-                    return Err(ClientError::Protocol("the upstream sent conflicting content-lengths".into()));
-                }
-                (Some(n), _) => length = Some(n),
-            }
-        }
-    }
-    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+/// What the headers that frame an answer say, noted while they are read.
+struct Framers {
+    /// Whether the last `transfer-encoding` header ends with `chunked`, if
+    /// there is one.
+    chunked: Option<bool>,
+    /// Every `content-length` value agrees on this (`Err`: they do not, or
+    /// one is not a number; it matters only without `transfer-encoding`).
+    length: Result<Option<u64>, &'static str>,
+    /// `connection` lists `close` or `keep-alive`.
+    close: bool,
+    keep_alive: bool,
 }
 
-fn keep_alive(version: u8, headers: &HeaderMap) -> bool {
-    let has = |token| crate::server::has_token(headers, http::header::CONNECTION, token);
-    if version >= 1 { !has("close") } else { has("keep-alive") }
+impl Default for Framers {
+    fn default() -> Self {
+        Self { chunked: None, length: Ok(None), close: false, keep_alive: false }
+    }
+}
+
+impl Framers {
+    fn note(&mut self, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = value.rsplit(|b| *b == b',').next().unwrap_or_default();
+            self.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            for part in value.split(|b| *b == b',') {
+                let parsed = std::str::from_utf8(part.trim_ascii()).ok().and_then(|p| p.parse::<u64>().ok());
+                self.length = match (parsed, self.length) {
+                    (_, Err(e)) => Err(e),
+                    (None, _) => Err("the upstream sent an invalid content-length"),
+                    (Some(n), Ok(Some(seen))) if n != seen => Err("the upstream sent conflicting content-lengths"),
+                    (Some(n), Ok(_)) => Ok(Some(n)),
+                };
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            self.close |= crate::server::lists_token(value, "close");
+            self.keep_alive |= crate::server::lists_token(value, "keep-alive");
+        }
+    }
+
+    /// Whether the connection may carry another request: HTTP/1.1 keeps it
+    /// unless told otherwise, 1.0 only when asked to.
+    fn keep_alive(&self, version: u8) -> bool {
+        if version >= 1 { !self.close } else { self.keep_alive }
+    }
+
+    /// RFC 9112 §6.3, for the answer to a POST.
+    fn framing(&self, status: u16) -> Result<Framing, ClientError> {
+        if status == 204 || status == 304 {
+            return Ok(Framing::Length(0));
+        }
+        match (self.chunked, self.length) {
+            (Some(true), _) => Ok(Framing::Chunked(Chunked::Size)),
+            (Some(false), _) => Ok(Framing::UntilClose),
+            (None, Err(problem)) => Err(ClientError::Protocol(problem.into())),
+            (None, Ok(length)) => Ok(length.map_or(Framing::UntilClose, Framing::Length)),
+        }
+    }
 }
 
 enum Io {
@@ -453,8 +565,8 @@ impl AsyncWrite for Io {
 struct Conn {
     io: Io,
     buf: BytesMut,
-    /// The pool's key (see [`Target`]).
-    origin: Box<str>,
+    /// The idle list it returns to.
+    slot: Arc<Slot>,
     /// Taken from the pool (a failure before the answer may mean the
     /// upstream closed it while it was idle).
     reused: bool,
@@ -489,7 +601,7 @@ impl Conn {
 
     fn describe(&self, doing: &str, error: &io::Error) -> String {
         let when = if self.reused { " (on a reused connection)" } else { "" };
-        format!("{doing} to {}: {error}{when}", self.origin)
+        format!("{doing} to {}: {error}{when}", self.slot.origin)
     }
 }
 
@@ -521,7 +633,6 @@ pub struct Body {
     conn: Option<Box<Conn>>,
     framing: Framing,
     reusable: bool,
-    pool: Arc<Inner>,
 }
 
 impl Body {
@@ -615,7 +726,7 @@ impl Body {
             && self.reusable
             && conn.buf.is_empty()
         {
-            self.pool.put(conn);
+            conn.slot.clone().put(conn);
         }
     }
 }
@@ -754,6 +865,44 @@ mod tests {
         Ok((out, false))
     }
 
+    fn framers(headers: &[(&str, &str)]) -> Framers {
+        let mut framers = Framers::default();
+        for (name, value) in headers {
+            framers.note(name.as_bytes(), value.as_bytes());
+        }
+        framers
+    }
+
+    #[test]
+    fn the_framing_headers_are_read_in_any_case_and_chunked_wins_over_a_length() {
+        let framing = |headers: &[(&str, &str)]| framers(headers).framing(200);
+        assert!(matches!(framing(&[("Content-Length", "12")]), Ok(Framing::Length(12))));
+        assert!(matches!(framing(&[("content-length", "7, 7"), ("CONTENT-LENGTH", "7")]), Ok(Framing::Length(7))));
+        assert!(matches!(framing(&[]), Ok(Framing::UntilClose)));
+        let chunked = [("Transfer-Encoding", "gzip, Chunked"), ("Content-Length", "nonsense")];
+        assert!(matches!(framing(&chunked), Ok(Framing::Chunked(Chunked::Size))));
+        // Only the last coding counts: a body not chunked last runs to the close.
+        assert!(matches!(framing(&[("transfer-encoding", "chunked, gzip")]), Ok(Framing::UntilClose)));
+        assert!(
+            matches!(framing(&[("content-length", "1"), ("content-length", "2")]), Err(ClientError::Protocol(m)) if m.contains("conflicting"))
+        );
+        assert!(matches!(framing(&[("content-length", "-1")]), Err(ClientError::Protocol(m)) if m.contains("invalid")));
+        // No body after 204 and 304, whatever the headers say.
+        assert!(matches!(framers(&[("content-length", "5")]).framing(204), Ok(Framing::Length(0))));
+        assert!(framers(&[("connection", "closed")]).keep_alive(1));
+    }
+
+    #[test]
+    fn headers_are_found_by_name_in_any_case_first_one_first() {
+        let headers: Headers =
+            [("Retry-After", "2"), ("x-ratelimit-remaining-requests", "0"), ("retry-after", "9")].into_iter().collect();
+        assert_eq!(headers.get_str("retry-after"), Some("2"));
+        assert_eq!(headers.get("X-RateLimit-Remaining-Requests"), Some(&b"0"[..]));
+        assert_eq!(headers.get("x-should-retry"), None);
+        let names: Vec<&[u8]> = headers.iter().map(|(name, _)| name).collect();
+        assert_eq!(names, [&b"Retry-After"[..], b"x-ratelimit-remaining-requests", b"retry-after"]);
+    }
+
     #[test]
     fn chunked_bodies_decode_across_any_split() {
         let wire: &[u8] = b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\n";
@@ -814,19 +963,6 @@ mod tests {
     }
 
     #[test]
-    fn framing_follows_rfc_9112() {
-        let chunked = headers(&[("transfer-encoding", "gzip, chunked"), ("content-length", "10")]);
-        assert!(matches!(framing(200, &chunked), Ok(Framing::Chunked(_))));
-        assert!(matches!(framing(200, &headers(&[("transfer-encoding", "gzip")])), Ok(Framing::UntilClose)));
-        assert!(matches!(framing(200, &headers(&[("content-length", "12")])), Ok(Framing::Length(12))));
-        assert!(matches!(framing(200, &headers(&[("content-length", "12, 12")])), Ok(Framing::Length(12))));
-        assert!(framing(200, &headers(&[("content-length", "12, 13")])).is_err());
-        assert!(framing(200, &headers(&[("content-length", "-1")])).is_err());
-        assert!(matches!(framing(204, &headers(&[("content-length", "12")])), Ok(Framing::Length(0))));
-        assert!(matches!(framing(200, &HeaderMap::new()), Ok(Framing::UntilClose)));
-    }
-
-    #[test]
     fn targets_know_where_to_connect() {
         let at = |url: &str| Target::new(&url.parse().unwrap(), &HeaderMap::new(), &[]).unwrap();
         let v6 = at("http://[::1]:8000/v1/chat/completions");
@@ -840,10 +976,10 @@ mod tests {
 
     #[test]
     fn keep_alive_follows_the_version_and_connection_header() {
-        assert!(keep_alive(1, &HeaderMap::new()));
-        assert!(!keep_alive(1, &headers(&[("connection", "Close")])));
-        assert!(!keep_alive(0, &HeaderMap::new()));
-        assert!(keep_alive(0, &headers(&[("connection", "keep-alive")])));
+        assert!(framers(&[]).keep_alive(1));
+        assert!(!framers(&[("Connection", "Close")]).keep_alive(1));
+        assert!(!framers(&[]).keep_alive(0));
+        assert!(framers(&[("connection", "Keep-Alive")]).keep_alive(0));
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod messages;
 pub mod metrics;
 pub mod mock;
 pub mod plan;
+pub mod random;
 pub mod ratelimit;
 pub mod request;
 pub mod server;

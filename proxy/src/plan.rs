@@ -56,10 +56,7 @@ pub fn plan<'a>(live: &'a Live, route: &'a Route, steering: Steering<'_>) -> Pla
             let h = fnv1a(value.as_bytes());
             (u32::try_from(h % u64::from(FULL_SHARE)).unwrap_or(0), h >> 32)
         }
-        None => {
-            let mut rng = rand::rng();
-            (rng.random_range(0..FULL_SHARE), rng.random())
-        }
+        None => crate::random::with(|rng| (rng.random_range(0..FULL_SHARE), rng.random())),
     };
     let mut plan = Plan::default();
     add_route(&mut plan, live, route, false, canary_bucket, weight_seed, steering.prompt);
@@ -89,8 +86,9 @@ fn add_route<'a>(
     weight_seed: u64,
     prompt: Option<&Prompt<'_>>,
 ) {
+    let entries = live.route_targets(&route.alias);
     let push = |plan: &mut Plan<'a>, target: &'a Target, canary: bool| {
-        let Some(entry) = live.target(&route.alias, &target.name) else {
+        let Some(entry) = entries.and_then(|entries| entries.get(&target.name)) else {
             plan.skipped.push(format!("`{}/{}`: not in the table", route.alias, target.name));
             return;
         };

@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::client::Headers;
+
 /// One limit: how many per window, how many are left, when it refills.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Window {
@@ -41,12 +43,14 @@ const ANTHROPIC_PREFIX: &str = "anthropic-ratelimit-";
 impl RateLimits {
     /// The limits an answer's headers name; `None` (after one scan of the
     /// header names, without allocating) when it names none.
-    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
+    pub fn from_headers(headers: &Headers) -> Option<Self> {
+        let starts = |name: &[u8], prefix: &str| {
+            name.get(..prefix.len()).is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
+        };
         let (mut openai, mut anthropic) = (false, false);
-        for name in headers.keys() {
-            let name = name.as_str();
-            openai |= name.starts_with(OPENAI_PREFIX);
-            anthropic |= name.starts_with(ANTHROPIC_PREFIX);
+        for (name, _) in headers.iter() {
+            openai |= starts(name, OPENAI_PREFIX);
+            anthropic |= starts(name, ANTHROPIC_PREFIX);
         }
         let limits = if openai {
             let window = |kind: &str| Window {
@@ -99,11 +103,11 @@ impl RateLimits {
     }
 }
 
-fn text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name)?.to_str().ok().map(str::trim)
+fn text<'h>(headers: &'h Headers, name: &str) -> Option<&'h str> {
+    headers.get_str(name).map(str::trim)
 }
 
-fn number(headers: &HeaderMap, name: &str) -> Option<u64> {
+fn number(headers: &Headers, name: &str) -> Option<u64> {
     text(headers, name)?.parse().ok()
 }
 
@@ -169,12 +173,8 @@ mod tests {
 
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.insert(HeaderName::try_from(*name).unwrap(), HeaderValue::try_from(*value).unwrap());
-        }
-        map
+    fn headers(pairs: &[(&str, &str)]) -> Headers {
+        pairs.iter().copied().collect()
     }
 
     #[test]
@@ -240,6 +240,12 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(limits.tokens, Window { limit: Some(40_000), remaining: Some(39_000), reset: None });
+    }
+
+    #[test]
+    fn header_names_are_matched_in_any_case() {
+        let limits = RateLimits::from_headers(&headers(&[("X-RateLimit-Remaining-Requests", "3")])).unwrap();
+        assert_eq!(limits.requests.remaining, Some(3));
     }
 
     #[test]

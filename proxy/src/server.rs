@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -299,15 +299,21 @@ async fn read_request(
             return None;
         }
     }
-    let bytes = buf.split_to(head.len).freeze();
-    let Some(mut request) = to_request(&bytes, head) else {
-        let mut all = BytesMut::with_capacity(bytes.len() + buf.len());
-        all.extend_from_slice(&bytes);
-        all.extend_from_slice(buf);
-        buf.clear();
-        return Some(Err(all.freeze()));
+    // The head, and a body no larger than the buffer's usual size, are
+    // copied out: the buffer then stays this connection's own, and the next
+    // read reuses it instead of allocating another while the request
+    // still holds slices of this one.
+    let bytes = Bytes::copy_from_slice(&buf[..head.len]);
+    let Some(mut request) = to_request(&bytes, head) else { return Some(Err(buf.split().freeze())) };
+    buf.advance(head.len);
+    let body = if head.body_len <= READ_CHUNK {
+        let body = Bytes::copy_from_slice(&buf[..head.body_len]);
+        buf.advance(head.body_len);
+        body
+    } else {
+        buf.split_to(head.body_len).freeze()
     };
-    *request.body_mut() = RequestBody::Full(buf.split_to(head.body_len).freeze());
+    *request.body_mut() = RequestBody::Full(body);
     Some(Ok(request))
 }
 
@@ -508,7 +514,8 @@ pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| lists_token(v.as_bytes(), token))
 }
 
-fn lists_token(value: &[u8], token: &str) -> bool {
+/// Whether a comma-separated header value lists `token` (any case).
+pub fn lists_token(value: &[u8], token: &str) -> bool {
     value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 

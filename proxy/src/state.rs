@@ -50,7 +50,12 @@ pub struct LiveTarget {
 impl Live {
     /// A route's target (alias, target name).
     pub fn target(&self, alias: &str, target: &str) -> Option<&Arc<LiveTarget>> {
-        self.targets.get(alias)?.get(target)
+        self.route_targets(alias)?.get(target)
+    }
+
+    /// A route's targets (canary included) by name.
+    pub fn route_targets(&self, alias: &str) -> Option<&HashMap<String, Arc<LiveTarget>>> {
+        self.targets.get(alias)
     }
 
     /// Runtime state of a route's target (alias, target name).

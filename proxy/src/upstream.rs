@@ -366,11 +366,7 @@ impl Upstreams {
             status,
             body: scrub(body, call.api_key),
             retry_after: retry_after(&response.headers).or(delay_in_body),
-            should_retry: response
-                .headers
-                .get("x-should-retry")
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.eq_ignore_ascii_case("true")),
+            should_retry: response.headers.get_str("x-should-retry").map(|v| v.trim().eq_ignore_ascii_case("true")),
         })
     }
 }
@@ -489,8 +485,8 @@ fn scrub(body: Bytes, key: Option<&Redacted>) -> Bytes {
 
 /// `retry-after-ms`, then `retry-after` in (possibly fractional) seconds.
 /// An HTTP-date `retry-after` is treated as absent; the backoff applies.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let read = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok();
+pub fn retry_after(headers: &client::Headers) -> Option<Duration> {
+    let read = |name: &str| headers.get_str(name)?.trim().parse::<f64>().ok();
     if let Some(ms) = read("retry-after-ms").filter(|v| v.is_finite() && *v >= 0.0) {
         return Some(Duration::from_secs_f64(ms / 1_000.0));
     }

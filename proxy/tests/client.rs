@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use proxy::client::{Client, ClientError, Target};
+use proxy::client::{Client, ClientError, Headers, Target};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -131,7 +131,7 @@ fn headers() -> HeaderMap {
     map
 }
 
-async fn post(client: &Client, uri: &Uri, body: &str) -> Result<(u16, HeaderMap, Vec<u8>), ClientError> {
+async fn post(client: &Client, uri: &Uri, body: &str) -> Result<(u16, Headers, Vec<u8>), ClientError> {
     let accept = HeaderValue::from_static("application/json");
     let extra = [(http::header::ACCEPT, &accept), (HeaderName::from_static("x-request-id"), &accept)];
     let target = Target::new(uri, &headers(), &[http::header::ACCEPT]).unwrap();
@@ -148,7 +148,7 @@ async fn sequential_requests_share_one_connection_and_send_the_exact_head() {
     for i in 0..5 {
         let (status, headers, body) = post(&client, &uri, &format!("{i}")).await.unwrap();
         assert_eq!(status, 200);
-        assert_eq!(headers["content-type"], "application/json");
+        assert_eq!(headers.get_str("Content-Type"), Some("application/json"));
         assert_eq!(body, format!("{{\"echo\":{i}}}").as_bytes());
     }
     assert_eq!(server.accepted(), 1, "one connection for five sequential requests");
@@ -204,7 +204,8 @@ async fn idle_time_counts_from_the_end_of_the_last_answer_not_its_start() {
 async fn connection_close_and_bodies_until_close_are_not_pooled() {
     let server = Server::start(Arc::new(|connection, _| {
         if connection == 0 {
-            (vec![b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi".to_vec()], false)
+            // Header names and tokens in any case.
+            (vec![b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 2\r\n\r\nhi".to_vec()], false)
         } else {
             (vec![b"HTTP/1.1 200 OK\r\n\r\nuntil".to_vec(), b" the end".to_vec()], true)
         }
@@ -223,7 +224,7 @@ async fn connection_close_and_bodies_until_close_are_not_pooled() {
 async fn chunked_bodies_arrive_piece_by_piece_and_the_connection_is_reused() {
     let server = Server::start(Arc::new(|_, _| {
         let pieces = [
-            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nTransfer-Encoding: Chunked\r\n\r\n",
             "d\r\ndata: first\n\n\r\n",
             "e\r\ndata: second\n\n\r\n",
             "0\r\n\r\n",
