@@ -25,6 +25,12 @@
 #                           (as root; shields it from unrelated work such as
 #                           a cargo build; 0 to disable)
 #   BENCH_KEEP=1            keep the temporary directory (configs, logs)
+#   BENCH_CALLGRIND=1       instead of all that: count switchyard-proxy's
+#                           user-space instructions per request under
+#                           valgrind's callgrind (RUST_LOG=warn, BENCH_CONNS_LATENCY
+#                           connections, BENCH_CALLGRIND_SECONDS=10 after a
+#                           2 s warm-up); repeats to about 0.5 %, unlike time
+#                           on a shared VM
 #
 # Writes the summary to stdout and to bench/out/latest.md. Exits non-zero
 # only on errors (a tool missing, a server not starting, wrk reporting
@@ -97,6 +103,7 @@ install_missing() {
   command -v wrk >/dev/null || missing+=(wrk)
   command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
   command -v python3 >/dev/null || missing+=(python3)
+  if [[ "${BENCH_CALLGRIND:-0}" == 1 ]]; then command -v valgrind >/dev/null || missing+=(valgrind); fi
   [[ ${#missing[@]} -eq 0 ]] && return 0
   log "installing ${missing[*]} with apt-get"
   local sudo=()
@@ -455,6 +462,44 @@ check_answer "http://127.0.0.1:$UPSTREAM_PORT/v1/chat/completions" "upstream"
 URL[direct]="http://127.0.0.1:$UPSTREAM_PORT/v1/chat/completions"
 SUT_PIDS[direct]=""
 LOGFILE[direct]="$WORK/upstream/error.log"
+
+# callgrind_count: switchyard-proxy's user-space instructions per request
+# (all threads) over BENCH_CALLGRIND_SECONDS of load, counted from after a
+# warm-up; prints one line and writes bench/out/callgrind-latest.txt.
+callgrind_count() {
+  local secs="${BENCH_CALLGRIND_SECONDS:-10}" out="$WORK/callgrind.out" line requests total
+  SY_PORT=$(free_port)
+  local admin
+  admin=$(free_port)
+  SY_LOG="$WORK/callgrind.log"
+  log "starting switchyard-proxy under callgrind (core $SUT_CORE)"
+  RUST_LOG=warn "${ON_SUT_CORE[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" "$PROXY_BIN" \
+    --manifests "$WORK/manifests" \
+    --listen "127.0.0.1:$SY_PORT" --admin-listen "127.0.0.1:$admin" \
+    --log-format json --drain-timeout 2s \
+    >"$SY_LOG" 2>&1 &
+  SY_PID=$!
+  PIDS+=("$SY_PID")
+  wait_http "http://127.0.0.1:$admin/readyz" "$SY_PID" "switchyard-proxy under callgrind" "$SY_LOG"
+  local url="http://127.0.0.1:$SY_PORT/v1/chat/completions"
+  check_answer "$url" "switchyard-proxy under callgrind"
+  SUT_LOG="$SY_LOG"
+  run_wrk "$CONNS_LAT" 2 "$url" "$WORK/callgrind.warm.txt" >/dev/null
+  callgrind_control -z "$SY_PID" >/dev/null 2>&1 || die "callgrind_control -z failed"
+  line=$(run_wrk "$CONNS_LAT" "$secs" "$url" "$WORK/callgrind.run.txt")
+  callgrind_control -d "$SY_PID" >/dev/null 2>&1 || die "callgrind_control -d failed"
+  requests=$(field "$line" requests)
+  total=$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+  [[ -n "$total" && "$requests" -gt 0 ]] || die "no instruction count in $out.1"
+  mkdir -p "$OUT"
+  printf 'commit %s: %d instructions per request (%s instructions, %s requests in %s s at %s connections)\n' \
+    "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" "$((total / requests))" \
+    "$total" "$requests" "$secs" "$CONNS_LAT" | tee "$OUT/callgrind-latest.txt"
+}
+if [[ "${BENCH_CALLGRIND:-0}" == 1 ]]; then
+  callgrind_count
+  exit 0
+fi
 
 # start_nginx_proxy KEY NAME PORT: starts that reverse proxy on core SUT_CORE.
 start_nginx_proxy() {
