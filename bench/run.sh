@@ -309,13 +309,15 @@ spec:
   - {name: up, provider: upstream, model: gpt-4o-mini}
 EOF
 
-# start_switchyard NAME RUST_LOG: sets SY_PID, SY_PORT, SY_LOG.
+# start_switchyard NAME RUST_LOG [WRAPPER...]: starts the proxy (under
+# WRAPPER, e.g. valgrind, when given); sets SY_PID, SY_PORT, SY_LOG.
 start_switchyard() {
   local name="$1" level="$2" admin
+  shift 2
   SY_PORT=$(free_port)
   admin=$(free_port)
   SY_LOG="$WORK/$name.log"
-  RUST_LOG="$level" "${ON_SUT_CORE[@]}" "$PROXY_BIN" \
+  RUST_LOG="$level" "${ON_SUT_CORE[@]}" "$@" "$PROXY_BIN" \
     --manifests "$WORK/manifests" \
     --listen "127.0.0.1:$SY_PORT" --admin-listen "127.0.0.1:$admin" \
     --log-format json --drain-timeout 2s \
@@ -468,19 +470,8 @@ LOGFILE[direct]="$WORK/upstream/error.log"
 # warm-up; prints one line and writes bench/out/callgrind-latest.txt.
 callgrind_count() {
   local secs="${BENCH_CALLGRIND_SECONDS:-10}" out="$WORK/callgrind.out" line requests total
-  SY_PORT=$(free_port)
-  local admin
-  admin=$(free_port)
-  SY_LOG="$WORK/callgrind.log"
   log "starting switchyard-proxy under callgrind (core $SUT_CORE)"
-  RUST_LOG=warn "${ON_SUT_CORE[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" "$PROXY_BIN" \
-    --manifests "$WORK/manifests" \
-    --listen "127.0.0.1:$SY_PORT" --admin-listen "127.0.0.1:$admin" \
-    --log-format json --drain-timeout 2s \
-    >"$SY_LOG" 2>&1 &
-  SY_PID=$!
-  PIDS+=("$SY_PID")
-  wait_http "http://127.0.0.1:$admin/readyz" "$SY_PID" "switchyard-proxy under callgrind" "$SY_LOG"
+  start_switchyard callgrind warn valgrind --tool=callgrind --callgrind-out-file="$out"
   local url="http://127.0.0.1:$SY_PORT/v1/chat/completions"
   check_answer "$url" "switchyard-proxy under callgrind"
   SUT_LOG="$SY_LOG"
