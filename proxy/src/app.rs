@@ -157,6 +157,7 @@ pub async fn start(args: Args) -> Result<Running, AppError> {
         listen,
         admin_listen,
         drain_timeout,
+        idle_timeout,
         reload_interval,
         ws_ping_interval,
         worker_threads: _,
@@ -226,8 +227,9 @@ pub async fn start(args: Args) -> Result<Running, AppError> {
         }
     };
     let admin = Arc::new(Admin { routing: routing.clone(), metrics: metrics.clone(), source });
-    let data_task = tokio::spawn(server::serve(data_listener, data, shutdown.clone(), drain_timeout));
-    let admin_task = tokio::spawn(server::serve(admin_listener, admin, shutdown.clone(), Duration::from_secs(1)));
+    let data_task = tokio::spawn(server::serve(data_listener, data, shutdown.clone(), drain_timeout, idle_timeout));
+    let admin_drain = Duration::from_secs(1);
+    let admin_task = tokio::spawn(server::serve(admin_listener, admin, shutdown.clone(), admin_drain, idle_timeout));
     Ok(Running {
         data_addr,
         admin_addr,

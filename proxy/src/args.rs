@@ -32,6 +32,13 @@ pub struct Args {
     #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// How long a client connection may go without sending a whole request
+    /// (since it opened, or since its last answer) before it is closed:
+    /// idle kept-alive connections, and clients that send their request too
+    /// slowly.
+    #[arg(long, env = "SWITCHYARD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_idle_timeout)]
+    pub idle_timeout: Duration,
+
     /// How often the manifest directory is checked for changes.
     #[arg(long, env = "SWITCHYARD_RELOAD_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub reload_interval: Duration,
@@ -120,6 +127,15 @@ fn parse_ws_ping_interval(text: &str) -> Result<Duration, String> {
             Err(format!("`{text}` is no interval: the WebSocket ping interval must be above zero, e.g. `20s`"))
         }
         interval => Ok(interval),
+    }
+}
+
+fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!(
+            "`{text}` would close every connection at once: the idle timeout must be above zero, e.g. `60s`"
+        )),
+        timeout => Ok(timeout),
     }
 }
 

@@ -128,9 +128,9 @@ struct Inner {
     tls: TlsConnector,
 }
 
-/// One origin's idle connections, oldest first. Boxed, so that a body
-/// (which holds one) stays small and moving one in and out of the pool
-/// copies a pointer.
+/// One origin's idle connections, oldest first. Each is boxed, so that a
+/// body (which holds one) stays small and moving one in and out of the
+/// pool copies a pointer.
 struct Slot {
     origin: Box<str>,
     idle_timeout: Duration,
@@ -213,7 +213,8 @@ impl Client {
         Ok(Response { status, headers, body: Body { conn: Some(conn), framing, reusable } })
     }
 
-    /// The idle list `target` keeps, when it was found for this client.
+    /// The idle list `target` keeps, when it was found for this client (the
+    /// `Weak` keeps that client's address from being reused by another).
     fn kept_slot<'t>(&self, target: &'t Target) -> Option<&'t Arc<Slot>> {
         let (client, slot) = target.slot.get()?;
         std::ptr::eq(client.as_ptr(), Arc::as_ptr(&self.inner)).then_some(slot)

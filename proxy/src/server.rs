@@ -38,11 +38,12 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 /// The request id header: taken from the client when it sends one, made up
@@ -84,12 +85,14 @@ const READ_CHUNK: usize = 8 * 1024;
 
 /// Serves `handler` on `listener` until `shutdown` fires, then stops
 /// accepting and waits up to `drain` for open requests to finish. Returns
-/// whether the drain completed in time.
+/// whether the drain completed in time. A connection that sends no whole
+/// request for `idle` (since it opened, or since its last answer) is closed.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     shutdown: CancellationToken,
     drain: Duration,
+    idle: Duration,
 ) -> bool {
     // Every connection task holds a sender; the receiver sees the channel
     // close when the last one has ended.
@@ -107,7 +110,7 @@ pub async fn serve<H: Handler>(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = Connection { handler: handler.clone(), shutdown: shutdown.clone(), _open: open.clone() };
+        let connection = Connection { handler: handler.clone(), shutdown: shutdown.clone(), idle, _open: open.clone() };
         tokio::spawn(connection.run(stream, peer));
     }
     drop(listener);
@@ -125,7 +128,47 @@ pub async fn bind(addr: SocketAddr, flag: &str) -> std::io::Result<TcpListener> 
 struct Connection<H> {
     handler: Arc<H>,
     shutdown: CancellationToken,
+    idle: Duration,
     _open: mpsc::Sender<Infallible>,
+}
+
+/// The idle limit of one connection: a single timer, moved only when it
+/// fires early (the connection answered a request since it was set), so
+/// that a request costs no timer of its own.
+struct Idle {
+    timer: Pin<Box<Sleep>>,
+    /// The end of the last answer (or the connection's start).
+    since: Instant,
+    limit: Duration,
+}
+
+impl Idle {
+    fn new(limit: Duration) -> Self {
+        Self { timer: Box::pin(tokio::time::sleep(limit)), since: Instant::now(), limit }
+    }
+
+    /// An answer went out: the connection has `limit` again from now.
+    fn answered(&mut self) {
+        self.since = Instant::now();
+    }
+
+    /// Reads from the client; `None` once the connection has been idle for
+    /// its limit.
+    async fn read(&mut self, stream: &mut TcpStream, buf: &mut BytesMut) -> Option<std::io::Result<usize>> {
+        loop {
+            tokio::select! {
+                biased;
+                read = stream.read_buf(buf) => return Some(read),
+                () = self.timer.as_mut() => {
+                    let deadline = self.since + self.limit;
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                    self.timer.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
 }
 
 /// What the next bytes on a connection are.
@@ -158,13 +201,14 @@ impl<H: Handler> Connection<H> {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut out = Vec::with_capacity(512);
         let mut head = Head::default();
+        let mut idle = Idle::new(self.idle);
         loop {
-            match self.next_head(&mut stream, &mut buf, &mut head).await {
+            match self.next_head(&mut stream, &mut buf, &mut head, &mut idle).await {
                 Next::Head => {}
                 Next::HandOff => return self.hand_off(stream, buf.freeze(), peer).await,
                 Next::Closed => return,
             }
-            let Some(request) = read_request(&mut stream, &mut buf, &head).await else { return };
+            let Some(request) = read_request(&mut stream, &mut buf, &head, &mut idle).await else { return };
             let request = match request {
                 Ok(request) => request,
                 Err(read) => return self.hand_off(stream, read, peer).await,
@@ -174,7 +218,7 @@ impl<H: Handler> Connection<H> {
             };
             let close = head.close || self.shutdown.is_cancelled();
             match write_response(&mut stream, &mut buf, &mut out, response, close).await {
-                Ok(true) => {}
+                Ok(true) => idle.answered(),
                 Ok(false) | Err(_) => {
                     let _ = stream.shutdown().await;
                     return;
@@ -184,7 +228,7 @@ impl<H: Handler> Connection<H> {
     }
 
     /// Reads until a whole head is buffered, and decides who serves it.
-    async fn next_head(&self, stream: &mut TcpStream, buf: &mut BytesMut, head: &mut Head) -> Next {
+    async fn next_head(&self, stream: &mut TcpStream, buf: &mut BytesMut, head: &mut Head, idle: &mut Idle) -> Next {
         loop {
             if !buf.is_empty() {
                 match inspect(buf, head) {
@@ -198,13 +242,13 @@ impl<H: Handler> Connection<H> {
                 // Idle between requests: this is where a shutdown closes
                 // a kept-alive connection.
                 tokio::select! {
-                    read = stream.read_buf(buf) => read,
+                    read = idle.read(stream, buf) => read,
                     () = self.shutdown.cancelled() => return Next::Closed,
                 }
             } else {
-                stream.read_buf(buf).await
+                idle.read(stream, buf).await
             };
-            if !matches!(read, Ok(n) if n > 0) {
+            if !matches!(read, Some(Ok(n)) if n > 0) {
                 return Next::Closed;
             }
         }
@@ -218,7 +262,9 @@ impl<H: Handler> Connection<H> {
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler.handle(request.map(RequestBody::Incoming)).await) }
         });
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // hyper's own limit for a head that arrives too slowly.
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(self.idle);
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(Rewind { read, stream }), service);
         tokio::pin!(connection);
         let result = tokio::select! {
@@ -291,11 +337,12 @@ async fn read_request(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     head: &Head,
+    idle: &mut Idle,
 ) -> Option<Result<Request<RequestBody>, Bytes>> {
     let wanted = head.len + head.body_len;
     while buf.len() < wanted {
         buf.reserve(wanted - buf.len());
-        if !matches!(stream.read_buf(buf).await, Ok(n) if n > 0) {
+        if !matches!(idle.read(stream, buf).await, Some(Ok(n)) if n > 0) {
             return None;
         }
     }

@@ -118,3 +118,15 @@ fn a_missing_manifest_directory_exits_64_with_a_message_naming_the_flag() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--manifests"), "{stderr}");
 }
+
+#[test]
+fn a_zero_idle_timeout_is_refused_with_a_message_naming_the_flag_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_switchyard-proxy"))
+        .args(["--manifests", dir.path().to_str().unwrap(), "--idle-timeout", "0s"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "clap's usage error");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--idle-timeout") && stderr.contains("e.g. `60s`"), "{stderr}");
+}

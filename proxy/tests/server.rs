@@ -81,11 +81,16 @@ struct Server {
 }
 
 async fn start() -> Server {
+    start_with(Duration::from_secs(60)).await
+}
+
+/// A server that closes connections idle for `idle`.
+async fn start_with(idle: Duration) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let handler = Arc::new(TestHandler::default());
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server::serve(listener, handler.clone(), shutdown.clone(), Duration::from_secs(5)));
+    let task = tokio::spawn(server::serve(listener, handler.clone(), shutdown.clone(), Duration::from_secs(5), idle));
     Server { addr, handler, shutdown, task }
 }
 
@@ -200,6 +205,11 @@ impl Client {
     async fn closed(&mut self) -> bool {
         self.buf.is_empty() && !self.fill().await
     }
+
+    /// Reads whatever comes until the server closes the connection.
+    async fn until_closed(&mut self) {
+        while self.fill().await {}
+    }
 }
 
 const ECHO: &str = "POST /echo?q=1 HTTP/1.1\r\nHost: t\r\nX-Test: a\r\nContent-Length: 5\r\n\r\nhello";
@@ -234,6 +244,35 @@ async fn plain_requests_are_served_in_order_on_one_kept_alive_connection() {
     server.shutdown.cancel();
     assert!(server.task.await.unwrap(), "idle connections do not hold up the drain");
     assert!(client.closed().await, "shutdown closes an idle kept-alive connection");
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_no_whole_request_within_the_idle_limit_is_closed() {
+    let idle = Duration::from_millis(800);
+    let server = start_with(idle).await;
+    // Nothing, half a head, a head and half its body.
+    for opening in ["", "POST /echo HTTP/1.1\r\nHost: t\r\n", "POST /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\nhe"] {
+        let started = std::time::Instant::now();
+        let mut client = Client::connect(server.addr).await;
+        client.send(opening).await;
+        assert!(client.closed().await, "{opening:?}: closed, without an answer");
+        assert!(started.elapsed() >= idle, "{opening:?}: closed after {:?}, before the limit", started.elapsed());
+    }
+    // On a connection hyper serves, hyper's own limit for a slow head.
+    let mut client = Client::connect(server.addr).await;
+    client.send("POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n").await;
+    assert_eq!(client.answer().await.body, "POST /echo body=1 from=hyper x-test=-");
+    client.send("GET /echo HTTP/1.1\r\n").await;
+    client.until_closed().await;
+    // Requests spaced under the limit keep a connection open well past it:
+    // the limit counts from the last answer.
+    let started = std::time::Instant::now();
+    let mut client = Client::connect(server.addr).await;
+    while started.elapsed() < idle * 2 {
+        client.send(ECHO).await;
+        assert_eq!(client.answer().await.status, 200);
+        tokio::time::sleep(idle / 4).await;
+    }
 }
 
 #[tokio::test]

@@ -34,6 +34,7 @@ pub fn args(manifests: Option<&Path>, cluster: ClusterArgs) -> Args {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         drain_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(60),
         reload_interval: Duration::from_millis(50),
         ws_ping_interval: Duration::from_secs(20),
         worker_threads: None,
