@@ -191,6 +191,7 @@ pub async fn start(args: Args) -> Result<Running, AppError> {
         }
     };
 
+    let egress = crate::egress::Egress::from_env().map_err(AppError::Config)?;
     let data_listener = server::bind(listen, "--listen").await?;
     let admin_listener = server::bind(admin_listen, "--admin-listen").await?;
     let data_addr = data_listener.local_addr()?;
@@ -204,10 +205,17 @@ pub async fn start(args: Args) -> Result<Running, AppError> {
         drain_timeout_ms = u64::try_from(drain_timeout.as_millis()).unwrap_or(u64::MAX),
         "switchyard-proxy listening"
     );
+    if let Some(proxy) = egress.proxy() {
+        tracing::info!(%proxy, "https:// upstreams are called through the HTTPS_PROXY (except NO_PROXY hosts)");
+    }
 
     let shutdown = CancellationToken::new();
     let data = Arc::new(DataPlane {
-        chat: Arc::new(Context { routing: routing.clone(), upstreams: Upstreams::new(), metrics: metrics.clone() }),
+        chat: Arc::new(Context {
+            routing: routing.clone(),
+            upstreams: Upstreams::with_egress(egress),
+            metrics: metrics.clone(),
+        }),
         websocket: websocket::Settings { ping_interval: ws_ping_interval, shutdown: shutdown.clone() },
     });
     let (source_task, source_name) = match &source {

@@ -9,7 +9,8 @@
 //! client that goes away cancels the upstream request. Parsing is
 //! `httparse`'s, the parser hyper itself uses.
 //!
-//! - Plain TCP or TLS (rustls, ALPN `http/1.1`, the webpki roots).
+//! - Plain TCP or TLS (rustls, ALPN `http/1.1`, the webpki roots); TLS
+//!   through an HTTP proxy's tunnel when one is set ([`crate::egress`]).
 //! - Bodies framed by `content-length`, `transfer-encoding: chunked`, or the
 //!   end of the connection; interim `1xx` answers are skipped.
 //! - Idle connections are kept per origin (most recently used first) for
@@ -35,6 +36,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+
+use crate::egress::Egress;
 
 /// How long an unused connection is kept, by default.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -126,6 +129,7 @@ struct Inner {
     /// How long an unused connection is kept.
     idle_timeout: Duration,
     tls: TlsConnector,
+    egress: Egress,
 }
 
 /// One origin's idle connections, oldest first. Each is boxed, so that a
@@ -162,14 +166,22 @@ impl Client {
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tls = TlsConnector::from(Arc::new(config));
-        Self { inner: Arc::new(Inner { slots: Mutex::default(), idle_timeout: IDLE_TIMEOUT, tls }) }
+        let egress = Egress::default();
+        Self { inner: Arc::new(Inner { slots: Mutex::default(), idle_timeout: IDLE_TIMEOUT, tls, egress }) }
     }
 
     /// The same client, keeping unused connections for `timeout` instead
     /// of [`IDLE_TIMEOUT`]. Call before the first request.
     pub fn with_idle_timeout(self, timeout: Duration) -> Self {
-        let tls = self.inner.tls.clone();
-        Self { inner: Arc::new(Inner { slots: Mutex::default(), idle_timeout: timeout, tls }) }
+        let (tls, egress) = (self.inner.tls.clone(), self.inner.egress.clone());
+        Self { inner: Arc::new(Inner { slots: Mutex::default(), idle_timeout: timeout, tls, egress }) }
+    }
+
+    /// The same client, reaching `https://` upstreams through `egress`.
+    /// Call before the first request.
+    pub fn with_egress(self, egress: Egress) -> Self {
+        let (tls, idle_timeout) = (self.inner.tls.clone(), self.inner.idle_timeout);
+        Self { inner: Arc::new(Inner { slots: Mutex::default(), idle_timeout, tls, egress }) }
     }
 
     /// POSTs `body` to `target` with its headers and `extra`; returns once
@@ -240,10 +252,18 @@ impl Client {
 
     async fn connect(&self, origin: &Target, slot: Arc<Slot>) -> Result<Box<Conn>, ClientError> {
         let address = &origin.origin;
-        let connecting = TcpStream::connect((&*origin.host, origin.port));
+        let connecting = async {
+            if origin.tls && self.inner.egress.proxies(&origin.host) {
+                self.inner.egress.tunnel(&origin.host, origin.port).await
+            } else {
+                TcpStream::connect((&*origin.host, origin.port))
+                    .await
+                    .map_err(|e| format!("cannot connect to {address}: {e}"))
+            }
+        };
         let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return Err(ClientError::Connect(format!("cannot connect to {address}: {e}"))),
+            Ok(Err(message)) => return Err(ClientError::Connect(message)),
             Err(_) => {
                 return Err(ClientError::Connect(format!(
                     "cannot connect to {address}: no answer within {}s",

@@ -18,6 +18,7 @@ pub mod chat;
 pub mod client;
 pub mod cluster;
 pub mod cost;
+pub mod egress;
 pub mod errors;
 pub mod jsonlog;
 pub mod logwriter;

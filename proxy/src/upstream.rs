@@ -164,6 +164,11 @@ impl Upstreams {
         Self::default()
     }
 
+    /// Calls `https://` upstreams through `egress` (see [`crate::egress`]).
+    pub fn with_egress(egress: crate::egress::Egress) -> Self {
+        Self { client: Client::new().with_egress(egress) }
+    }
+
     /// Sends the attempt. Returns once the response head (and, for
     /// non-streaming calls, the whole body) has arrived. Timeouts are the
     /// caller's: dropping the future cancels the upstream request.

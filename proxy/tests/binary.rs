@@ -130,3 +130,17 @@ fn a_zero_idle_timeout_is_refused_with_a_message_naming_the_flag_and_the_fix() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--idle-timeout") && stderr.contains("e.g. `60s`"), "{stderr}");
 }
+
+#[test]
+fn an_unusable_https_proxy_exits_64_with_a_message_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_switchyard-proxy"))
+        .args(["--manifests", dir.path().to_str().unwrap(), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("HTTPS_PROXY", "socks5://user:hunter2@proxy:1080")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`HTTPS_PROXY`") && stderr.contains("http://[user:password@]host[:port]"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

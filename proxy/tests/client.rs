@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use proxy::client::{Client, ClientError, Headers, Target};
+use proxy::egress::Egress;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -306,12 +307,13 @@ fn tls_fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name)
 }
 
-#[tokio::test]
-async fn https_upstreams_are_verified_and_their_connections_reused() {
+/// An echoing HTTPS server with the certificate in `cert.pem` and `cert.key`.
+async fn tls_server(cert: &str) -> Server {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(tls_fixture("server.pem")).unwrap().map(Result::unwrap).collect();
-    let key = PrivateKeyDer::from_pem_file(tls_fixture("server.key")).unwrap();
+    let certs =
+        CertificateDer::pem_file_iter(tls_fixture(&format!("{cert}.pem"))).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(tls_fixture(&format!("{cert}.key"))).unwrap();
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -320,14 +322,25 @@ async fn https_upstreams_are_verified_and_their_connections_reused() {
         .unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let server = Server::start_with(Arc::new(|_, body| (vec![ok(body)], false)), Some(acceptor)).await;
-    let uri = server.uri("https");
+    Server::start_with(Arc::new(|_, body| (vec![ok(body)], false)), Some(acceptor)).await
+}
 
+/// A client that trusts the CA in `ca` only.
+fn trusting_client(ca: &str) -> Client {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(tls_fixture("ca.pem")).unwrap() {
+    for cert in CertificateDer::pem_file_iter(tls_fixture(ca)).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
-    let trusting = Client::with_roots(roots);
+    Client::with_roots(roots)
+}
+
+#[tokio::test]
+async fn https_upstreams_are_verified_and_their_connections_reused() {
+    let server = tls_server("server").await;
+    let uri = server.uri("https");
+    let trusting = trusting_client("ca.pem");
     for i in 0..3 {
         // Idle TLS connections may hold a session ticket the server sent
         // after the handshake: still reusable.
@@ -380,4 +393,88 @@ async fn a_stream_read_up_to_its_last_event_can_release_its_connection() {
     assert_eq!(response.body.chunk().await.unwrap().unwrap().as_ref(), b"hello");
     response.body.settle();
     assert_eq!(client.idle_connections(&server.target("http")), 0, "the connection is in use");
+}
+
+/// An HTTP proxy that opens `CONNECT` tunnels to `upstream.test:PORT` on
+/// 127.0.0.1 (or refuses them with `refuse`); sends each `CONNECT` head it
+/// receives.
+async fn connect_proxy(refuse: Option<&'static str>) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (heads_tx, heads) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let heads = heads_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8(head).unwrap();
+                let port = head.split(' ').nth(1).unwrap().strip_prefix("upstream.test:").unwrap().to_owned();
+                heads.send(head).unwrap();
+                if let Some(answer) = refuse {
+                    client.write_all(answer.as_bytes()).await.unwrap();
+                    return;
+                }
+                let mut upstream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await.unwrap();
+                client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+fn via_tunnel(server: &Server) -> Uri {
+    format!("https://upstream.test:{}/v1/chat/completions", server.addr.port()).parse().unwrap()
+}
+
+#[tokio::test]
+async fn https_upstreams_are_reached_through_the_https_proxy_tunnel_unless_they_are_direct() {
+    let server = tls_server("tunnel").await;
+    let (proxy, mut heads) = connect_proxy(None).await;
+    let egress = Egress::parse(Some(("HTTPS_PROXY", &format!("http://user:s%40cret@{proxy}"))), None).unwrap();
+    let client = trusting_client("tunnel-ca.pem").with_egress(egress);
+    for i in 0..2 {
+        assert_eq!(post(&client, &via_tunnel(&server), &format!("{i}")).await.unwrap().2, format!("{i}").as_bytes());
+    }
+    let head = heads.recv().await.unwrap();
+    let target = format!("upstream.test:{}", server.addr.port());
+    // "user:s@cret" in base64.
+    let authorization = "proxy-authorization: Basic dXNlcjpzQGNyZXQ=";
+    assert_eq!(head, format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n{authorization}\r\n\r\n"));
+    assert!(heads.try_recv().is_err(), "one tunnel, reused for the second request");
+    assert_eq!(server.accepted(), 1);
+
+    // Loopback upstreams, and plain http:// ones, are called directly.
+    let egress = Egress::parse(Some(("HTTPS_PROXY", &proxy.to_string())), None).unwrap();
+    let loopback = tls_server("server").await;
+    let client = trusting_client("ca.pem").with_egress(egress.clone());
+    assert_eq!(post(&client, &loopback.uri("https"), "direct").await.unwrap().2, b"direct");
+    let plain = Server::start(Arc::new(|_, body| (vec![ok(body)], false))).await;
+    assert_eq!(post(&Client::new().with_egress(egress), &plain.uri("http"), "plain").await.unwrap().2, b"plain");
+    assert!(heads.try_recv().is_err(), "no tunnel for either");
+}
+
+#[tokio::test]
+async fn a_refused_tunnel_is_a_connect_error_that_names_the_proxy_but_not_its_password() {
+    let server = tls_server("tunnel").await;
+    let (proxy, mut heads) =
+        connect_proxy(Some("HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n")).await;
+    let egress = Egress::parse(Some(("HTTPS_PROXY", &format!("http://user:hunter2@{proxy}"))), None).unwrap();
+    match post(&trusting_client("tunnel-ca.pem").with_egress(egress), &via_tunnel(&server), "{}").await {
+        Err(ClientError::Connect(message)) => {
+            assert!(message.contains(&proxy.to_string()) && message.contains("407"), "{message}");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+        other => panic!("want a connect error, got {other:?}"),
+    }
+    assert!(heads.recv().await.unwrap().starts_with("CONNECT upstream.test:"));
+    assert_eq!(server.accepted(), 0);
 }
