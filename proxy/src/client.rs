@@ -699,8 +699,16 @@ impl Body {
         }
     }
 
-    /// The whole body.
-    pub async fn bytes(mut self) -> Result<Bytes, ClientError> {
+    /// The whole body, refused as soon as it is known to be longer than
+    /// `limit` bytes (before reading any of it, when its length is declared);
+    /// the connection is then closed.
+    pub async fn bytes(mut self, limit: usize) -> Result<Bytes, ClientError> {
+        let too_long = || ClientError::Broken(format!("the upstream's answer is longer than {limit} bytes"));
+        if let Framing::Length(n) = self.framing
+            && usize::try_from(n).map_or(true, |n| n > limit)
+        {
+            return Err(too_long());
+        }
         // The common case: the whole body arrived with the head.
         if let (Framing::Length(n), Some(conn)) = (&self.framing, &mut self.conn)
             && let Ok(n) = usize::try_from(*n)
@@ -713,7 +721,11 @@ impl Body {
         }
         let mut all = BytesMut::new();
         while let Some(piece) = self.chunk().await {
-            all.extend_from_slice(&piece?);
+            let piece = piece?;
+            if all.len() + piece.len() > limit {
+                return Err(too_long());
+            }
+            all.extend_from_slice(&piece);
         }
         Ok(all.freeze())
     }

@@ -140,6 +140,14 @@ impl Endpoint {
     }
 }
 
+/// Largest whole answer read from an upstream: room for the largest
+/// embeddings batch (2 048 inputs of 3 072 dimensions as JSON floats, about
+/// 130 MB), and a bound on what a runaway upstream can make the proxy hold.
+pub const MAX_ANSWER: usize = 256 * 1024 * 1024;
+/// Largest error answer kept (its message goes back to the client); a
+/// longer one is dropped and the status alone reported.
+const MAX_ERROR_BODY: usize = 1024 * 1024;
+
 /// Headers set on each request; the same names in `spec.headers` give way.
 const PER_REQUEST: [http::HeaderName; 2] = [X_REQUEST_ID, http::header::ACCEPT];
 
@@ -365,7 +373,7 @@ impl Upstreams {
             return Ok(response.body);
         }
         let status = response.status;
-        let body = response.body.bytes().await.unwrap_or_default();
+        let body = response.body.bytes(MAX_ERROR_BODY).await.unwrap_or_default();
         let (body, delay_in_body) = error_body(status, body);
         Err(UpstreamError::Status {
             status,
@@ -448,7 +456,7 @@ fn endpoint<'a>(call: &Call<'a>) -> Result<&'a Endpoint, UpstreamError> {
 }
 
 async fn read_all(body: client::Body) -> Result<Bytes, UpstreamError> {
-    body.bytes().await.map_err(|e| UpstreamError::StreamBroken(format!("reading the body: {e}")))
+    body.bytes(MAX_ANSWER).await.map_err(|e| UpstreamError::StreamBroken(format!("reading the body: {e}")))
 }
 
 /// What a failed translation means for the request: the client's mistake

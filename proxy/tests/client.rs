@@ -137,7 +137,7 @@ async fn post(client: &Client, uri: &Uri, body: &str) -> Result<(u16, Headers, V
     let extra = [(http::header::ACCEPT, &accept), (HeaderName::from_static("x-request-id"), &accept)];
     let target = Target::new(uri, &headers(), &[http::header::ACCEPT]).unwrap();
     let response = client.post(&target, &extra, body.as_bytes()).await?;
-    let bytes = response.body.bytes().await?;
+    let bytes = response.body.bytes(usize::MAX).await?;
     Ok((response.status, response.headers, bytes.to_vec()))
 }
 
@@ -191,13 +191,13 @@ async fn idle_time_counts_from_the_end_of_the_last_answer_not_its_start() {
     .await;
     let client = Client::new().with_idle_timeout(Duration::from_millis(200));
     let target = server.target("http");
-    assert_eq!(client.post(&target, &[], b"{}").await.unwrap().body.bytes().await.unwrap().len(), 60);
+    assert_eq!(client.post(&target, &[], b"{}").await.unwrap().body.bytes(usize::MAX).await.unwrap().len(), 60);
     // Idle for a moment, much less than the timeout: the connection is reused.
-    client.post(&target, &[], b"{}").await.unwrap().body.bytes().await.unwrap();
+    client.post(&target, &[], b"{}").await.unwrap().body.bytes(usize::MAX).await.unwrap();
     assert_eq!(server.accepted(), 1, "a connection whose request outlasted the idle timeout was dropped");
     // Idle for longer than the timeout: a fresh connection.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    client.post(&target, &[], b"{}").await.unwrap().body.bytes().await.unwrap();
+    client.post(&target, &[], b"{}").await.unwrap().body.bytes(usize::MAX).await.unwrap();
     assert_eq!(server.accepted(), 2);
 }
 
@@ -383,7 +383,7 @@ async fn a_stream_read_up_to_its_last_event_can_release_its_connection() {
     assert_eq!(client.idle_connections(&server.target("http")), 1);
     drop(response);
     assert_eq!(client.idle_connections(&server.target("http")), 1);
-    client.post(&target, &[], b"{}").await.unwrap().body.bytes().await.unwrap();
+    client.post(&target, &[], b"{}").await.unwrap().body.bytes(usize::MAX).await.unwrap();
     assert_eq!(server.accepted(), 1);
 
     // A stream with data still to come is left alone, however much of it has arrived.
@@ -477,4 +477,31 @@ async fn a_refused_tunnel_is_a_connect_error_that_names_the_proxy_but_not_its_pa
     }
     assert!(heads.recv().await.unwrap().starts_with("CONNECT upstream.test:"));
     assert_eq!(server.accepted(), 0);
+}
+
+#[tokio::test]
+async fn an_answer_longer_than_the_limit_is_refused_and_its_connection_closed() {
+    let server = Server::start(Arc::new(|connection, _| {
+        let answer: &[u8] = if connection == 1 {
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello world"
+        };
+        (vec![answer.to_vec()], false)
+    }))
+    .await;
+    let client = Client::new();
+    let target = server.target("http");
+    // A declared length over the limit, then a chunked body that grows past it.
+    for _ in 0..2 {
+        let response = client.post(&target, &[], b"{}").await.unwrap();
+        match response.body.bytes(10).await {
+            Err(ClientError::Broken(message)) => assert!(message.contains("longer than 10 bytes"), "{message}"),
+            other => panic!("want the answer refused, got {other:?}"),
+        }
+        assert_eq!(client.idle_connections(&target), 0, "not pooled");
+    }
+    let response = client.post(&target, &[], b"{}").await.unwrap();
+    assert_eq!(response.body.bytes(11).await.unwrap().as_ref(), b"hello world", "the limit itself is allowed");
+    assert_eq!(server.accepted(), 3);
 }
