@@ -226,7 +226,7 @@ async fn serve(
         Some(last) if !attempts.is_empty() => {
             ProxyError::Exhausted { alias, attempts, last: Box::new(last), skipped, rate_limits }
         }
-        // Nothing was sent: the proxy's own `requestsPerMinute` stopped it.
+        // Nothing was sent: the proxy's own `requestsPerMinute` or `tokensPerMinute` stopped it.
         _ => match rate_limits {
             Some(limits) => ProxyError::Throttled { alias, skipped, limits },
             None => ProxyError::NoCandidate { alias, skipped },
@@ -372,8 +372,8 @@ impl Request<'_> {
             }
             let provider_stats = entry.provider_stats.as_ref();
             if let Some((p, Err(limit))) = provider_stats.map(|p| (p, p.try_acquire())) {
-                if limit == "requestsPerMinute" {
-                    *self.rate_limits.lock().unwrap_or_else(PoisonError::into_inner) = p.exhausted_minute();
+                if let Some(limits) = p.exhausted(limit) {
+                    *self.rate_limits.lock().unwrap_or_else(PoisonError::into_inner) = Some(limits);
                 }
                 skipped.push(format!("{}: provider limit `{limit}` reached", name()));
                 return Err(UpstreamError::NotTried(format!("provider limit `{limit}` reached")));
@@ -894,6 +894,9 @@ impl Served {
         }
         metrics.tokens_in.inc_by(tokens_in);
         metrics.tokens_out.inc_by(tokens_out);
+        if let Some(provider) = &self.serving.provider_stats {
+            provider.record_tokens(tokens_in.saturating_add(tokens_out));
+        }
         if estimated {
             metrics.estimated_in.inc_by(tokens_in);
             metrics.estimated_out.inc_by(tokens_out);

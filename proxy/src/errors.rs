@@ -180,8 +180,8 @@ pub enum ProxyError {
         rate_limits: Option<Box<RateLimits>>,
     },
     /// Every target was skipped because its provider's `requestsPerMinute`
-    /// is used up: the proxy's own 429.
-    #[error("the provider request limit of every target of `{alias}` is reached")]
+    /// or `tokensPerMinute` is used up: the proxy's own 429.
+    #[error("the provider limits of every target of `{alias}` are reached")]
     Throttled { alias: String, skipped: Vec<String>, limits: Box<RateLimits> },
     #[error("the request timeout of {limit:?} ran out")]
     Deadline { alias: String, limit: Duration, attempts: Vec<AttemptRecord> },

@@ -386,13 +386,34 @@ fn bucket(elapsed: Duration) -> usize {
 pub struct ProviderStats {
     limits: Limits,
     pub in_flight: AtomicU32,
-    /// (minute number, requests started in it).
-    window: Mutex<(u64, u32)>,
+    /// The current minute's use (`requestsPerMinute`, `tokensPerMinute`).
+    window: Mutex<Minute>,
+}
+
+/// What one provider used in one minute.
+#[derive(Debug, Default)]
+struct Minute {
+    /// Minutes since the process started.
+    number: u64,
+    /// Requests started in it.
+    requests: u32,
+    /// Tokens (prompt and completion) of the answers that ended in it.
+    tokens: u64,
 }
 
 impl ProviderStats {
     fn new(limits: Limits) -> Self {
-        Self { limits, in_flight: AtomicU32::new(0), window: Mutex::new((0, 0)) }
+        Self { limits, in_flight: AtomicU32::new(0), window: Mutex::default() }
+    }
+
+    /// This minute's use, started afresh when a new minute began.
+    fn minute(&self) -> std::sync::MutexGuard<'_, Minute> {
+        let number = now_ms() / 60_000;
+        let mut window = self.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if window.number != number {
+            *window = Minute { number, ..Minute::default() };
+        }
+        window
     }
 
     /// Takes one request slot, or says which limit is exhausted.
@@ -402,28 +423,48 @@ impl ProviderStats {
         {
             return Err("maxInFlight");
         }
-        if let Some(rpm) = self.limits.requests_per_minute {
-            let minute = now_ms() / 60_000;
-            let mut window = self.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if window.0 != minute {
-                *window = (minute, 0);
+        let (rpm, tpm) = (self.limits.requests_per_minute, self.limits.tokens_per_minute);
+        if rpm.is_some() || tpm.is_some() {
+            let mut minute = self.minute();
+            if tpm.is_some_and(|tpm| minute.tokens >= tpm) {
+                return Err("tokensPerMinute");
             }
-            if window.1 >= rpm {
+            if rpm.is_some_and(|rpm| minute.requests >= rpm) {
                 return Err("requestsPerMinute");
             }
-            window.1 += 1;
+            minute.requests += 1;
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// The proxy's own request limit once `requestsPerMinute` is reached: the
-    /// limit, none remaining, and the time until the next minute starts.
-    pub fn exhausted_minute(&self) -> Option<crate::ratelimit::RateLimits> {
-        let rpm = self.limits.requests_per_minute?;
-        let reset = Duration::from_millis(60_000 - now_ms() % 60_000);
-        let requests = crate::ratelimit::Window { limit: Some(u64::from(rpm)), remaining: Some(0), reset: Some(reset) };
-        Some(crate::ratelimit::RateLimits { requests, ..Default::default() })
+    /// Counts the tokens of an answer that ended, against `tokensPerMinute`.
+    /// Counted at the end, as the usage is known only then: requests
+    /// admitted while the minute's budget lasted may take it past the limit.
+    pub fn record_tokens(&self, tokens: u64) {
+        if self.limits.tokens_per_minute.is_some() {
+            let mut minute = self.minute();
+            minute.tokens = minute.tokens.saturating_add(tokens);
+        }
+    }
+
+    /// The proxy's own limit that `limit` (as [`Self::try_acquire`] names
+    /// it) reached, in rate-limit headers: the limit, none remaining, and
+    /// the time until the next minute starts; `None` for `maxInFlight`.
+    pub fn exhausted(&self, limit: &str) -> Option<crate::ratelimit::RateLimits> {
+        let reset = Some(Duration::from_millis(60_000 - now_ms() % 60_000));
+        let window = |limit: u64| crate::ratelimit::Window { limit: Some(limit), remaining: Some(0), reset };
+        match limit {
+            "requestsPerMinute" => Some(crate::ratelimit::RateLimits {
+                requests: window(u64::from(self.limits.requests_per_minute?)),
+                ..Default::default()
+            }),
+            "tokensPerMinute" => Some(crate::ratelimit::RateLimits {
+                tokens: window(self.limits.tokens_per_minute?),
+                ..Default::default()
+            }),
+            _ => None,
+        }
     }
 
     pub fn release(&self) {
@@ -434,6 +475,25 @@ impl ProviderStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_provider_is_refused_once_its_minute_holds_its_limits() {
+        let limits = |rpm, tpm| Limits { requests_per_minute: rpm, tokens_per_minute: tpm, max_in_flight: None };
+        let tokens = ProviderStats::new(limits(None, Some(100)));
+        assert_eq!(tokens.try_acquire(), Ok(()));
+        tokens.record_tokens(60);
+        assert_eq!(tokens.try_acquire(), Ok(()), "60 of 100 used");
+        tokens.record_tokens(60);
+        assert_eq!(tokens.try_acquire(), Err("tokensPerMinute"));
+        let shown = tokens.exhausted("tokensPerMinute").unwrap();
+        assert_eq!((shown.tokens.limit, shown.tokens.remaining), (Some(100), Some(0)));
+        assert!(shown.tokens.reset.is_some_and(|r| r <= Duration::from_secs(60)));
+        let requests = ProviderStats::new(limits(Some(1), None));
+        requests.record_tokens(1_000_000);
+        assert_eq!(requests.try_acquire(), Ok(()), "tokens count only against a token limit");
+        assert_eq!(requests.try_acquire(), Err("requestsPerMinute"));
+        assert_eq!(requests.exhausted("maxInFlight"), None);
+    }
 
     #[test]
     fn report_buckets_are_inclusive_upper_bounds_with_an_overflow() {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use proxy::testing::{Behaviour, FakeOpenAi};
 use serde_json::Value;
-use support::{Proxy, chat_body, http_provider, mock_provider};
+use support::{Proxy, chat_body, http_provider, mock_provider, route_over};
 
 async fn target_counts(proxy: &Proxy, alias: &str, n: usize, header: Option<(&str, String)>) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -469,4 +469,33 @@ async fn raw_exchange(addr: &str, head: &[u8], pieces: &[Vec<u8>]) -> String {
     }
     writer.abort();
     String::from_utf8_lossy(&answer[..filled]).into_owned()
+}
+
+#[tokio::test]
+async fn a_provider_whose_tokens_per_minute_are_spent_is_skipped_until_the_next_minute() {
+    let manifests = mock_provider("tight", "  limits: {tokensPerMinute: 1}\n")
+        + &mock_provider("roomy", "")
+        + &route_over("chat", &["{name: first, provider: tight, model: a}"], "  fallbacks: [spare]\n")
+        + &route_over("spare", &["{name: second, provider: roomy, model: b}"], "")
+        + &route_over("alone", &["{name: only, provider: tight, model: c}"], "");
+    let proxy = Proxy::start(&[("all.yaml", &manifests)]).await;
+    let first = proxy.chat(&chat_body("chat", false)).await;
+    assert_eq!(first.headers()["x-switchyard-target"], "first");
+    let answer: Value = first.json().await.unwrap();
+    assert!(answer["usage"]["total_tokens"].as_u64().unwrap() >= 1, "{answer}");
+    // That answer spent the minute's budget: the next request falls back...
+    let second = proxy.chat(&chat_body("chat", false)).await;
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.headers()["x-switchyard-target"], "second");
+    // ...and a route with nowhere else to go gets the proxy's own 429.
+    let refused = proxy.chat(&chat_body("alone", false)).await;
+    assert_eq!(refused.status(), 429);
+    let headers = refused.headers();
+    assert_eq!(headers["x-ratelimit-limit-tokens"], "1");
+    assert_eq!(headers["x-ratelimit-remaining-tokens"], "0");
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let error: Value = refused.json().await.unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().contains("`tokensPerMinute`"), "{error}");
+    proxy.stop().await;
 }
