@@ -101,7 +101,7 @@ impl Headers {
     }
 }
 
-/// Headers from (name, value) pairs (tests, and answers made in process).
+/// Headers from (name, value) pairs (tests).
 impl<'a> FromIterator<(&'a str, &'a str)> for Headers {
     fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(pairs: I) -> Self {
         let mut text = Vec::new();
@@ -252,9 +252,11 @@ impl Client {
 
     async fn connect(&self, origin: &Target, slot: Arc<Slot>) -> Result<Box<Conn>, ClientError> {
         let address = &origin.origin;
+        // Plain http:// upstreams are always called directly.
+        let proxy = if origin.tls { self.inner.egress.proxy_for(&origin.host) } else { None };
         let connecting = async {
-            if origin.tls && self.inner.egress.proxies(&origin.host) {
-                self.inner.egress.tunnel(&origin.host, origin.port).await
+            if let Some(proxy) = proxy {
+                proxy.tunnel(&origin.host, origin.port).await
             } else {
                 TcpStream::connect((&*origin.host, origin.port))
                     .await

@@ -33,8 +33,9 @@ pub struct Egress {
     direct: Vec<Direct>,
 }
 
+/// The proxy that tunnels are opened through.
 #[derive(Clone)]
-struct Proxy {
+pub struct Proxy {
     host: Box<str>,
     port: u16,
     /// The `Proxy-Authorization` value, when the URL has credentials.
@@ -56,8 +57,7 @@ enum Direct {
 /// Names the proxy, never its credentials.
 impl fmt::Debug for Egress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proxy = self.proxy.as_ref().map(|p| format!("{}:{}", p.host, p.port));
-        f.debug_struct("Egress").field("proxy", &proxy).field("direct", &self.direct).finish()
+        f.debug_struct("Egress").field("proxy", &self.proxy()).field("direct", &self.direct).finish()
     }
 }
 
@@ -84,22 +84,14 @@ impl Egress {
 
     /// The proxy's `host:port`, when there is one.
     pub fn proxy(&self) -> Option<String> {
-        self.proxy.as_ref().map(|p| format!("{}:{}", p.host, p.port))
+        self.proxy.as_ref().map(Proxy::address)
     }
 
-    /// Whether calls to `https://` upstream `host` go through the proxy.
-    pub fn proxies(&self, host: &str) -> bool {
+    /// The proxy that calls to `https://` upstream `host` go through;
+    /// `None`: they go straight to it.
+    pub fn proxy_for(&self, host: &str) -> Option<&Proxy> {
         let loopback = host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|a| a.is_loopback());
-        self.proxy.is_some() && !loopback && !self.direct.iter().any(|d| d.matches(host))
-    }
-
-    /// A tunnel through the proxy to `host:port`; errors say which hop
-    /// failed.
-    pub async fn tunnel(&self, host: &str, port: u16) -> Result<TcpStream, String> {
-        match &self.proxy {
-            Some(proxy) => proxy.tunnel(host, port).await,
-            None => Err(format!("no HTTPS_PROXY is set for {host}:{port}")),
-        }
+        self.proxy.as_ref().filter(|_| !loopback && !self.direct.iter().any(|d| d.matches(host)))
     }
 }
 
@@ -129,15 +121,21 @@ impl Proxy {
         }
         let authorization = credentials.map(|c| {
             let (user, password) = c.split_once(':').unwrap_or((c, ""));
+            let unescape = |text| percent_encoding::percent_decode_str(text).decode_utf8_lossy();
             let pair = format!("{}:{}", unescape(user), unescape(password));
             format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)).into()
         });
         Ok(Self { host: host.into(), port, authorization })
     }
 
-    /// Opens a tunnel to `host:port` with `CONNECT`.
-    async fn tunnel(&self, host: &str, port: u16) -> Result<TcpStream, String> {
-        let proxy = format!("{}:{}", self.host, self.port);
+    fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Opens a tunnel to `host:port` with `CONNECT`; errors say which hop
+    /// failed.
+    pub async fn tunnel(&self, host: &str, port: u16) -> Result<TcpStream, String> {
+        let proxy = self.address();
         let mut tcp = TcpStream::connect((&*self.host, self.port))
             .await
             .map_err(|e| format!("cannot connect to the HTTPS_PROXY {proxy}: {e}"))?;
@@ -182,27 +180,6 @@ impl Proxy {
             }
         }
     }
-}
-
-/// `%XX` escapes of a URL's user and password.
-fn unescape(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Direct {
@@ -267,17 +244,18 @@ mod tests {
         let egress =
             egress("proxy:3128", " .svc.cluster.local, example.com:443 ,10.0.0.0/8,::1,[fd00::1]:80,*.internal");
         for direct in ["api.svc.cluster.local", "example.com", "EXAMPLE.com.", "a.b.example.com", "10.2.3.4", "::1"] {
-            assert!(!egress.proxies(direct), "{direct} is reached directly");
+            assert!(egress.proxy_for(direct).is_none(), "{direct} is reached directly");
         }
         for proxied in ["api.openai.com", "notexample.com", "11.0.0.1", "::2", "internal.example", "fd00::2"] {
-            assert!(egress.proxies(proxied), "{proxied} goes through the proxy");
+            assert!(egress.proxy_for(proxied).is_some(), "{proxied} goes through the proxy");
         }
-        assert!(!egress.proxies("fd00::1"), "an address in brackets, with a port");
-        assert!(!self::egress("proxy:3128", "*").proxies("api.openai.com"));
+        assert!(egress.proxy_for("fd00::1").is_none(), "an address in brackets, with a port");
+        assert!(self::egress("proxy:3128", "*").proxy_for("api.openai.com").is_none());
         for loopback in ["localhost", "127.0.0.1", "127.8.9.10", "::1"] {
-            assert!(!self::egress("proxy:3128", "").proxies(loopback), "{loopback} is never proxied");
+            assert!(self::egress("proxy:3128", "").proxy_for(loopback).is_none(), "{loopback} is never proxied");
         }
-        assert!(!Egress::parse(None, Some("")).unwrap().proxies("api.openai.com"), "no proxy, no tunnel");
+        let none = Egress::parse(None, Some("")).unwrap();
+        assert!(none.proxy_for("api.openai.com").is_none(), "no proxy, no tunnel");
     }
 
     #[test]

@@ -143,7 +143,7 @@ impl Endpoint {
 /// Largest whole answer read from an upstream: room for the largest
 /// embeddings batch (2 048 inputs of 3 072 dimensions as JSON floats, about
 /// 130 MB), and a bound on what a runaway upstream can make the proxy hold.
-pub const MAX_ANSWER: usize = 256 * 1024 * 1024;
+const MAX_ANSWER: usize = 256 * 1024 * 1024;
 /// Largest error answer kept (its message goes back to the client); a
 /// longer one is dropped and the status alone reported.
 const MAX_ERROR_BODY: usize = 1024 * 1024;
